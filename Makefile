@@ -1,0 +1,57 @@
+# glammp: `make run` sets up and serves; `make test` sets up and runs the tests.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+THRIFT ?= thrift
+IDL := $(wildcard idl/*.thrift)
+
+# Debian packages glammp runs against (backends, compiler) and tests with (PHP, Java peers).
+DEB_RUN := memcached gearman-job-server gearman-tools thrift-compiler sqlite3
+DEB_TEST := php-cli php-thrift php-memcached php-gearman default-jdk-headless libthrift-java \
+            libslf4j-java nginx-light
+
+.PHONY: run test deps deps-test venv gen gen-check lint bench clean
+
+run: deps venv
+	$(BIN)/glammp serve $(if $(CONFIG),--config $(CONFIG))
+
+test: deps deps-test venv
+	$(BIN)/python -m tests $(PYTEST_ARGS)
+
+# Installs the Debian packages that are missing (as root), or names them (otherwise).
+deps:
+	@$(PY) scripts/debdeps.py $(DEB_RUN)
+
+deps-test:
+	@$(PY) scripts/debdeps.py $(DEB_TEST)
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+gen:
+	rm -rf gen-py && mkdir -p gen-py
+	for f in $(IDL); do $(THRIFT) --gen py -out gen-py $$f || exit 1; done
+	rm -f gen-py/__init__.py
+
+# Regenerates into a temporary folder and fails on any difference with gen-py/.
+gen-check:
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	for f in $(IDL); do $(THRIFT) --gen py -out $$tmp $$f || exit 1; done && \
+	rm -f $$tmp/__init__.py && \
+	diff -r -q gen-py $$tmp && echo "gen-py is up to date"
+
+lint: venv
+	$(BIN)/ruff check services gateway tests bench
+	$(BIN)/mypy services gateway
+
+bench: deps deps-test venv
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build .mypy_cache .ruff_cache
