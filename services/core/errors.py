@@ -25,6 +25,8 @@ checksum mismatch                  1002  no
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import gevent
 
 from glammp.common.ttypes import ErrorCode, ServiceError
@@ -46,6 +48,7 @@ __all__ = [
     "too_large",
     "too_many_requests",
     "unavailable",
+    "with_context",
 ]
 
 
@@ -61,37 +64,53 @@ def service_error(
     retryable: bool | None = None,
     retry_after_ms: int | None = None,
     origin: str | None = None,
-    **details: object,
+    details: Mapping[str, object] | None = None,
 ) -> ServiceError:
     """Builds a ServiceError; `details` values are turned into strings."""
     return ServiceError(
         code=code,
         message=message,
-        details={k: str(v) for k, v in details.items()},
+        details={k: str(v) for k, v in (details or {}).items()},
         retryable=retryable,
         retry_after_ms=retry_after_ms,
         origin=origin,
     )
 
 
+def with_context(err: ServiceError, origin: str, request_id: str) -> ServiceError:
+    """`err` with `origin` and `request_id` filled in where it has none (generated exceptions
+    are immutable, so this is a copy when anything changes)."""
+    if err.origin is not None and err.request_id is not None:
+        return err
+    return ServiceError(
+        code=err.code if err.code is not None else ErrorCode.INTERNAL,
+        message=err.message,
+        details=err.details,
+        retryable=err.retryable,
+        retry_after_ms=err.retry_after_ms,
+        origin=err.origin if err.origin is not None else origin,
+        request_id=err.request_id if err.request_id is not None else request_id,
+    )
+
+
 def bad_request(message: str, **details: object) -> ServiceError:
-    return service_error(ErrorCode.BAD_REQUEST, message, retryable=False, **details)
+    return service_error(ErrorCode.BAD_REQUEST, message, retryable=False, details=details)
 
 
 def forbidden(message: str, **details: object) -> ServiceError:
-    return service_error(ErrorCode.FORBIDDEN, message, retryable=False, **details)
+    return service_error(ErrorCode.FORBIDDEN, message, retryable=False, details=details)
 
 
 def not_found(message: str, **details: object) -> ServiceError:
-    return service_error(ErrorCode.NOT_FOUND, message, retryable=False, **details)
+    return service_error(ErrorCode.NOT_FOUND, message, retryable=False, details=details)
 
 
 def conflict(message: str, **details: object) -> ServiceError:
-    return service_error(ErrorCode.CONFLICT, message, retryable=False, **details)
+    return service_error(ErrorCode.CONFLICT, message, retryable=False, details=details)
 
 
 def too_large(message: str, **details: object) -> ServiceError:
-    return service_error(ErrorCode.PAYLOAD_TOO_LARGE, message, retryable=False, **details)
+    return service_error(ErrorCode.PAYLOAD_TOO_LARGE, message, retryable=False, details=details)
 
 
 def too_many_requests(message: str, retry_after_ms: int, **details: object) -> ServiceError:
@@ -100,12 +119,12 @@ def too_many_requests(message: str, retry_after_ms: int, **details: object) -> S
         message,
         retryable=True,
         retry_after_ms=retry_after_ms,
-        **details,
+        details=details,
     )
 
 
 def internal(message: str, **details: object) -> ServiceError:
-    return service_error(ErrorCode.INTERNAL, message, retryable=False, **details)
+    return service_error(ErrorCode.INTERNAL, message, retryable=False, details=details)
 
 
 def not_implemented(what: str) -> ServiceError:
@@ -115,7 +134,7 @@ def not_implemented(what: str) -> ServiceError:
 
 
 def bad_gateway(message: str, **details: object) -> ServiceError:
-    return service_error(ErrorCode.BAD_GATEWAY, message, retryable=False, **details)
+    return service_error(ErrorCode.BAD_GATEWAY, message, retryable=False, details=details)
 
 
 def unavailable(
@@ -123,13 +142,14 @@ def unavailable(
 ) -> ServiceError:
     """The request did not reach a backend: always safe to retry."""
     return service_error(
-        ErrorCode.UNAVAILABLE, message, retryable=True, retry_after_ms=retry_after_ms, **details
+        ErrorCode.UNAVAILABLE, message, retryable=True, retry_after_ms=retry_after_ms,
+        details=details,
     )
 
 
 def timeout(message: str, retryable: bool = False, **details: object) -> ServiceError:
-    return service_error(ErrorCode.TIMEOUT, message, retryable=retryable, **details)
+    return service_error(ErrorCode.TIMEOUT, message, retryable=retryable, details=details)
 
 
 def insufficient_storage(message: str, **details: object) -> ServiceError:
-    return service_error(ErrorCode.INSUFFICIENT_STORAGE, message, retryable=False, **details)
+    return service_error(ErrorCode.INSUFFICIENT_STORAGE, message, retryable=False, details=details)

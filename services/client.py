@@ -1,0 +1,131 @@
+"""Calling a glammp port from Python: generated clients and a generic JSON bridge.
+
+`connect(host, port, "Cache")` returns the generated `glammp.cache.Cache.Client` over framed
+binary with TMultiplexedProtocol (the dialect every language's example uses). `call_json`
+calls any method by name with JSON-shaped arguments and returns a JSON-shaped result; it is
+what `glammp call` uses.
+
+Binary fields go in and out as UTF-8 text when they are text, and as {"base64": "..."}
+otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any
+
+from thrift.protocol.TBinaryProtocol import TBinaryProtocolAccelerated
+from thrift.protocol.TMultiplexedProtocol import TMultiplexedProtocol
+from thrift.Thrift import TType
+from thrift.transport.TSocket import TSocket
+from thrift.transport.TTransport import TFramedTransport
+
+#: Multiplexed service name -> generated module.
+MODULES = {
+    "Base": "glammp.base.Base",
+    "Cache": "glammp.cache.Cache",
+    "Jobs": "glammp.jobs.Jobs",
+    "Filestore": "glammp.filestore.Filestore",
+}
+#: Socket timeout of `connect`, in seconds.
+DEFAULT_TIMEOUT_S = 10.0
+
+
+def service_module(service: str) -> ModuleType:
+    try:
+        return importlib.import_module(MODULES[service])
+    except KeyError:
+        raise ValueError(f"unknown service {service!r} (known: {', '.join(MODULES)})") from None
+
+
+@contextmanager
+def connect(
+    host: str, port: int, service: str, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> Iterator[Any]:
+    """A connected generated client for `service`; closed when the block ends."""
+    sock = TSocket(host, port)
+    sock.setTimeout(timeout_s * 1000)
+    trans = TFramedTransport(sock)
+    proto = TMultiplexedProtocol(TBinaryProtocolAccelerated(trans), service)
+    trans.open()
+    try:
+        yield service_module(service).Client(proto)
+    finally:
+        trans.close()
+
+
+def _from_json(ttype: int, spec: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    if ttype == TType.STRING:
+        if spec == "BINARY":
+            if isinstance(value, dict) and "base64" in value:
+                return base64.b64decode(value["base64"])
+            return str(value).encode()
+        return str(value)
+    if ttype == TType.STRUCT:
+        cls, fields = spec[0], spec[0].thrift_spec
+        obj = cls()
+        for f in fields:
+            if f is not None and f[2] in value:
+                setattr(obj, f[2], _from_json(f[1], f[3], value[f[2]]))
+        return obj
+    if ttype in (TType.LIST, TType.SET):
+        items = [_from_json(spec[0], spec[1], v) for v in value]
+        return set(items) if ttype == TType.SET else items
+    if ttype == TType.MAP:
+        return {
+            _from_json(spec[0], spec[1], k): _from_json(spec[2], spec[3], v)
+            for k, v in value.items()
+        }
+    if ttype == TType.BOOL:
+        return bool(value)
+    if ttype == TType.DOUBLE:
+        return float(value)
+    if isinstance(spec, type) and isinstance(value, str):  # an enum given by name
+        return spec._NAMES_TO_VALUES[value]
+    return int(value)
+
+
+def to_json(value: Any) -> Any:
+    """Thrift values as JSON-shaped data (structs as dicts, enums as ints)."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(value).decode()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(to_json(k)): to_json(v) for k, v in value.items()}
+    if hasattr(value, "thrift_spec"):
+        return {
+            f[2]: to_json(getattr(value, f[2]))
+            for f in value.thrift_spec
+            if f is not None and getattr(value, f[2]) is not None
+        }
+    return value
+
+
+def call_json(client: Any, service: str, method: str, args: list[Any]) -> Any:
+    """Calls `method` on a generated client with JSON-shaped positional arguments."""
+    module = service_module(service)
+    args_cls = None
+    for cls in type(client).__mro__:
+        owner = importlib.import_module(cls.__module__)
+        args_cls = getattr(owner, f"{method}_args", None)
+        if args_cls is not None:
+            break
+    if args_cls is None:
+        raise ValueError(f"{service} has no method {method!r}")
+    spec = [f for f in args_cls.thrift_spec if f is not None]
+    if len(args) > len(spec):
+        raise ValueError(f"{method} takes at most {len(spec)} arguments")
+    converted = [_from_json(f[1], f[3], a) for f, a in zip(spec, args, strict=False)]
+    converted += [None] * (len(spec) - len(converted))
+    del module
+    return to_json(getattr(client, method)(*converted))

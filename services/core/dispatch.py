@@ -1,0 +1,297 @@
+"""Routing one Thrift message to a handler, behind the one exception boundary.
+
+A `Dispatcher` holds the mounted services. `dispatch(iprot, oprot, ...)` reads one message,
+finds the method by its multiplexed name (`Cache:get`; a bare `getStatus` goes to the default
+service, the base service), reads the arguments with the generated `<method>_args` class,
+calls the handler under the method's deadline, and writes `<method>_result`.
+
+Unlike Thrift's stock `TMultiplexedProcessor`, nothing is created per message but the
+argument and result structs: the method table is built once at mount time.
+
+The boundary, for every call:
+
+* `ServiceError` raised by the handler is the declared exception (field 1 of every result).
+* Any other `Exception` becomes `ServiceError(500)` with the request id; the traceback is logged
+  under that id and never sent.
+* The deadline is a `DeadlineExceeded` (a `gevent.Timeout`, so a `BaseException` no handler's
+  `except Exception` can swallow); it becomes `ServiceError(504)`, retryable only when the
+  method is declared idempotent.
+* A method the IDL declares but the handler does not define answers `ServiceError(501)`.
+* When `max_inflight` requests are already running, the call is answered at once with
+  `ServiceError(503, retryable)` without running it.
+* An unknown service or method answers `TApplicationException(UNKNOWN_METHOD)`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from thrift.protocol.TProtocol import TProtocolBase
+from thrift.Thrift import TApplicationException, TMessageType, TType
+
+from glammp.common.ttypes import ServiceError
+from services.core import errors
+from services.core.context import CallContext, ConnectionState, set_current
+from services.core.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+#: The deadline of a method that names none, in milliseconds.
+DEFAULT_DEADLINE_MS = 5000
+#: Requests one process runs at once before answering 503.
+DEFAULT_MAX_INFLIGHT = 1000
+#: The deadline a caller may ask for with THeader's Deadline-Budget is capped at this, in ms.
+MAX_DEADLINE_MS = 600_000
+#: The THeader info header carrying the caller's remaining budget, in milliseconds.
+DEADLINE_HEADER = "Deadline-Budget"
+#: The multiplexed name of the base service, which is also the default service.
+BASE_SERVICE = "Base"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A service to serve: its multiplexed name, generated module and handler."""
+
+    name: str
+    module: ModuleType
+    handler: object
+    origin: str
+    deadlines_ms: dict[str, int] = field(default_factory=dict)
+    idempotent: frozenset[str] = frozenset()
+
+
+@dataclass
+class Method:
+    service: str
+    name: str
+    args_cls: type
+    result_cls: type | None  # None: oneway
+    arg_names: tuple[str, ...]
+    has_success: bool
+    fn: Callable[..., Any] | None  # None: not implemented by the handler
+    deadline_s: float
+    idempotent: bool
+    origin: str
+    labels: tuple[str, str]
+
+
+def _service_methods(module: ModuleType) -> Iterable[tuple[ModuleType, str]]:
+    """(module defining it, name) for every method of the service, inherited ones included."""
+    seen: set[str] = set()
+    for cls in module.Iface.__mro__:
+        owner = sys.modules.get(cls.__module__)
+        if owner is None or not hasattr(owner, "Processor") or cls.__name__ != "Iface":
+            continue
+        for name, value in vars(cls).items():
+            if callable(value) and not name.startswith("_") and name not in seen:
+                seen.add(name)
+                yield owner, name
+
+
+class Dispatcher:
+    """The method table of every mounted service, and the boundary around each call."""
+
+    def __init__(
+        self,
+        mounts: Iterable[Mount],
+        metrics: Metrics,
+        default_deadline_ms: int = DEFAULT_DEADLINE_MS,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        deadline_overrides_ms: dict[str, int] | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self.max_inflight = max_inflight
+        self.methods: dict[str, Method] = {}
+        self.handlers: dict[str, object] = {}
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{os.getpid():x}-{os.urandom(3).hex()}"
+        overrides = deadline_overrides_ms or {}
+        base_handler = None
+        mounts = list(mounts)
+        for mount in mounts:
+            if mount.name == BASE_SERVICE:
+                base_handler = mount.handler
+        for mount in mounts:
+            self.handlers[mount.name] = mount.handler
+            for owner, name in _service_methods(mount.module):
+                fn = getattr(mount.handler, name, None)
+                if fn is None and base_handler is not None and owner.__name__.endswith(".Base"):
+                    fn = getattr(base_handler, name, None)
+                spec = owner.__dict__[f"{name}_args"].thrift_spec
+                arg_names = tuple(s[2] for s in spec if s is not None)
+                result_cls = owner.__dict__.get(f"{name}_result")
+                has_success = bool(
+                    result_cls is not None
+                    and result_cls.thrift_spec[0] is not None
+                    and result_cls.thrift_spec[0][2] == "success"
+                )
+                deadline_ms = overrides.get(
+                    f"{mount.name}.{name}", mount.deadlines_ms.get(name, default_deadline_ms)
+                )
+                self.methods[f"{mount.name}:{name}"] = Method(
+                    service=mount.name,
+                    name=name,
+                    args_cls=owner.__dict__[f"{name}_args"],
+                    result_cls=result_cls,
+                    arg_names=arg_names,
+                    has_success=has_success,
+                    fn=fn,
+                    deadline_s=deadline_ms / 1000.0,
+                    idempotent=name in mount.idempotent,
+                    origin=mount.origin,
+                    labels=(mount.name, name),
+                )
+        if BASE_SERVICE in self.handlers:
+            for method in list(self.methods.values()):
+                if method.service == BASE_SERVICE:
+                    self.methods[method.name] = method
+
+    def new_request_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids):x}"
+
+    def dispatch(
+        self,
+        iprot: TProtocolBase,
+        oprot: TProtocolBase,
+        conn: ConnectionState,
+        headers: dict[str, str] | None = None,
+    ) -> bool:
+        """Serves one message from `iprot`, writing any reply to `oprot` (not flushed).
+
+        Returns whether a reply was written (False for oneway calls). Transport and protocol
+        errors while reading propagate: the caller decides what they do to the connection.
+        """
+        name, mtype, seqid = iprot.readMessageBegin()
+        method = self.methods.get(name)
+        if method is None or mtype not in (TMessageType.CALL, TMessageType.ONEWAY):
+            iprot.skip(TType.STRUCT)
+            iprot.readMessageEnd()
+            self.metrics.count_unknown()
+            what = "message type" if method is not None else "method"
+            exc = TApplicationException(
+                TApplicationException.UNKNOWN_METHOD
+                if method is None
+                else TApplicationException.INVALID_MESSAGE_TYPE,
+                f"unknown {what}: {name!r}",
+            )
+            oprot.writeMessageBegin(name, TMessageType.EXCEPTION, seqid)
+            exc.write(oprot)
+            oprot.writeMessageEnd()
+            return True
+
+        args = method.args_cls()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = self.call(method, args, conn, headers)
+        if method.result_cls is None:
+            return False
+        oprot.writeMessageBegin(name, TMessageType.REPLY, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        return True
+
+    def call(
+        self,
+        method: Method,
+        args: Any,
+        conn: ConnectionState,
+        headers: dict[str, str] | None,
+    ) -> Any:
+        """Runs the handler behind the boundary and returns the filled result struct."""
+        started = time.perf_counter()
+        request_id = self.new_request_id()
+        budget_s = method.deadline_s
+        if headers:
+            request_id = headers.get("Request-Id", request_id)
+            budget = headers.get(DEADLINE_HEADER)
+            if budget is not None and budget.isdigit():
+                budget_s = min(int(budget), MAX_DEADLINE_MS) / 1000.0
+        value = None
+        err: ServiceError | None = None
+        if method.fn is None:
+            err = errors.not_implemented(f"{method.service}.{method.name}")
+        elif self.metrics.active >= self.max_inflight:
+            err = errors.unavailable(
+                f"server busy: {self.max_inflight} requests in flight",
+                retry_after_ms=50,
+            )
+        else:
+            ctx = CallContext(
+                request_id=request_id,
+                service=method.service,
+                method=method.name,
+                deadline=time.monotonic() + budget_s,
+                connection=conn,
+                headers=headers or {},
+            )
+            set_current(ctx)
+            self.metrics.active += 1
+            timer = errors.DeadlineExceeded(budget_s)
+            timer.start()
+            try:
+                value = method.fn(*[getattr(args, a) for a in method.arg_names])
+            except ServiceError as e:
+                err = e
+            except errors.DeadlineExceeded as e:
+                if e is not timer:
+                    raise
+                err = errors.timeout(
+                    f"{method.service}.{method.name} did not finish within "
+                    f"{budget_s * 1000:.0f} ms",
+                    retryable=method.idempotent,
+                )
+            except Exception:
+                log.exception(
+                    "unexpected error in %s.%s",
+                    method.service,
+                    method.name,
+                    extra={"request_id": request_id},
+                )
+                err = errors.internal(
+                    f"internal error in {method.service}.{method.name}; "
+                    f"see the server log for request {request_id}"
+                )
+            finally:
+                timer.cancel()
+                self.metrics.active -= 1
+                set_current(None)
+        code = 0
+        if err is not None:
+            err = errors.with_context(err, method.origin, request_id)
+            code = err.code
+        self.metrics.observe(method.labels, code, time.perf_counter() - started)
+        if method.result_cls is None:
+            if err is not None:
+                log.warning(
+                    "oneway %s.%s failed: %s",
+                    method.service,
+                    method.name,
+                    err.message,
+                    extra={"request_id": request_id, "code": code},
+                )
+            return None
+        result = method.result_cls()
+        if err is not None:
+            result.err = err
+        elif method.has_success:
+            result.success = value
+        return result
+
+    def close_handlers(self) -> None:
+        """Calls every handler's `close()`, logging failures."""
+        for name, handler in self.handlers.items():
+            close = getattr(handler, "close", None)
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception:
+                log.exception("closing the %s handler failed", name)

@@ -1,0 +1,396 @@
+"""The gevent Thrift server every glammp process runs.
+
+One greenlet per connection; the first bytes pick the dialect (`services.core.framing`), so
+framed and unframed, binary and compact, and THeader callers share one port and get replies in
+their own dialect. Requests on one connection are served in order; pipelined framed requests
+are answered in one write.
+
+Limits, each with a named default in `ServerConfig`:
+
+* `max_frame_bytes`: a larger frame closes that connection (counted as `frames_refused`);
+  other connections are untouched. Strings and containers inside a message are limited too.
+* `idle_timeout_ms`: a connection with no complete request for this long is closed.
+* `max_inflight`: requests running at once per process; beyond it calls get a retryable 503
+  (`services.core.dispatch`). Connections themselves are not capped here.
+
+A malformed message inside a complete frame is answered with
+`TApplicationException(PROTOCOL_ERROR)` and the connection stays usable; a malformed unframed
+message closes the connection, since its end cannot be found.
+
+Drain: `drain()` (SIGTERM) sets the status to STOPPING, stops accepting, lets in-flight calls
+finish within `drain_grace_ms`, closes idle connections at once and busy ones after their reply.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from io import BytesIO
+
+import gevent
+from gevent.server import StreamServer
+from thrift.protocol.TProtocol import TProtocolException
+from thrift.Thrift import TApplicationException, TMessageType
+from thrift.transport.TTransport import (
+    CReadableTransport,
+    TMemoryBuffer,
+    TTransportBase,
+    TTransportException,
+)
+
+from services.core import framing
+from services.core.context import ConnectionState
+from services.core.dispatch import DEFAULT_DEADLINE_MS, DEFAULT_MAX_INFLIGHT, Dispatcher
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9090
+DEFAULT_ADMIN_PORT = 9091
+#: Largest frame (and unframed message string) accepted, in bytes.
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+#: Largest string or binary field accepted inside a message, in bytes.
+DEFAULT_MAX_STRING_BYTES = 16 * 1024 * 1024
+#: Largest list, set or map accepted inside a message, in elements.
+DEFAULT_MAX_CONTAINER_ITEMS = 1_000_000
+#: A connection without a complete request for this long is closed, in milliseconds.
+DEFAULT_IDLE_TIMEOUT_MS = 300_000
+#: How long SIGTERM waits for in-flight calls, in milliseconds.
+DEFAULT_DRAIN_GRACE_MS = 10_000
+#: The listen backlog.
+DEFAULT_BACKLOG = 1024
+#: Bytes read from a socket at once.
+RECV_BYTES = 256 * 1024
+
+# Errors that mean "this message, not the server, is broken".
+_MALFORMED = (
+    TProtocolException,
+    TTransportException,
+    framing.FramingError,
+    struct.error,
+    ValueError,
+    UnicodeDecodeError,
+    EOFError,
+    OverflowError,
+    TypeError,
+    KeyError,
+    IndexError,
+)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The `[server]` section: where and how the Thrift port is served."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    #: Processes serving the port (SO_REUSEPORT); 1 serves in this process.
+    processes: int = 1
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_string_bytes: int = DEFAULT_MAX_STRING_BYTES
+    max_container_items: int = DEFAULT_MAX_CONTAINER_ITEMS
+    max_inflight: int = DEFAULT_MAX_INFLIGHT
+    idle_timeout_ms: int = DEFAULT_IDLE_TIMEOUT_MS
+    default_deadline_ms: int = DEFAULT_DEADLINE_MS
+    #: Per-method deadlines, e.g. {"Cache.get" = 200}, in milliseconds.
+    deadlines_ms: dict[str, int] = field(default_factory=dict)
+    drain_grace_ms: int = DEFAULT_DRAIN_GRACE_MS
+    backlog: int = DEFAULT_BACKLOG
+    #: The admin HTTP port (metrics, status); 0 picks a free port, -1 turns it off.
+    admin_port: int = DEFAULT_ADMIN_PORT
+    admin_host: str = DEFAULT_HOST
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is not a TCP port")
+        if self.processes < 1:
+            raise ValueError("processes must be at least 1")
+        for name in ("max_frame_bytes", "max_string_bytes", "max_container_items",
+                     "max_inflight", "idle_timeout_ms", "default_deadline_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for key, ms in self.deadlines_ms.items():
+            if "." not in key or ms <= 0:
+                raise ValueError(f"deadlines_ms.{key}: want \"Service.method\" = positive ms")
+
+    @property
+    def limits(self) -> framing.Limits:
+        return framing.Limits(self.max_frame_bytes, self.max_string_bytes,
+                              self.max_container_items)
+
+
+def listening_socket(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
+    """A bound, listening TCP socket; with `reuse_port` several processes may share the port."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+class _UnframedReader(TTransportBase, CReadableTransport):
+    """A buffered reader over a gevent socket for unframed connections; the C decoder
+    (fastbinary) reads straight from its buffer. `pending()` tells whether a request's first
+    bytes are already buffered."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = BytesIO(b"")
+        self._len = 0
+
+    def pending(self) -> bool:
+        return self._buf.tell() < self._len
+
+    def _recv(self, n: int) -> bytes:
+        data = self.sock.recv(n)
+        if not data:
+            raise TTransportException(TTransportException.END_OF_FILE, "peer closed")
+        return data
+
+    def read(self, sz: int) -> bytes:
+        got = self._buf.read(sz)
+        if got:
+            return got
+        data = self._recv(max(sz, RECV_BYTES))
+        self._buf, self._len = BytesIO(data), len(data)
+        return self._buf.read(sz)
+
+    @property
+    def cstringio_buf(self) -> BytesIO:
+        return self._buf
+
+    def cstringio_refill(self, partialread: bytes, reqlen: int) -> BytesIO:
+        data = bytearray(partialread)
+        while len(data) < reqlen:
+            data += self._recv(max(reqlen - len(data), RECV_BYTES))
+        self._buf, self._len = BytesIO(bytes(data)), len(data)
+        return self._buf
+
+
+class _Connection:
+    __slots__ = ("busy", "greenlet")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.greenlet = gevent.getcurrent()
+
+
+class ThriftServer:
+    """Serves a `Dispatcher` on one TCP port.
+
+    `on_state(status)` is told STOPPING when a drain starts; the base service uses it.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        dispatcher: Dispatcher,
+        listener: socket.socket | None = None,
+        on_draining: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.dispatcher = dispatcher
+        self.metrics = dispatcher.metrics
+        self.limits = config.limits
+        self.idle_s = config.idle_timeout_ms / 1000.0
+        self.draining = False
+        self.on_draining = on_draining
+        self.connections: set[_Connection] = set()
+        if listener is None:
+            listener = listening_socket(config.host, config.port, config.backlog, False)
+        self.server = StreamServer(listener, self._handle)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.address[:2]
+        return host, port
+
+    def start(self) -> None:
+        self.server.start()
+
+    def serve_forever(self) -> None:
+        self.server.serve_forever()
+
+    # -- one connection -------------------------------------------------------------------
+
+    def _handle(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        conn = _Connection()
+        state = ConnectionState(peer=f"{addr[0]}:{addr[1]}")
+        self.connections.add(conn)
+        self.metrics.incr("connections")
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(self.idle_s)
+            first = sock.recv(1, socket.MSG_PEEK)
+            if not first or self.draining:
+                return
+            if framing.is_unframed(first[0]):
+                self._serve_unframed(sock, conn, state, first[0])
+            else:
+                self._serve_framed(sock, conn, state)
+        except framing.FramingError as e:
+            self.metrics.incr("connections_refused")
+            log.info("closing %s: %s", state.peer, e)
+        except TimeoutError:
+            log.debug("closing idle connection %s", state.peer)
+        except (OSError, TTransportException, EOFError) as e:
+            if getattr(e, "errno", None) not in (None, errno.ECONNRESET, errno.EPIPE):
+                log.info("connection %s ended: %s", state.peer, e)
+        finally:
+            self.connections.discard(conn)
+            for fn in state.closers:
+                try:
+                    fn()
+                except Exception:
+                    log.exception("connection close callback failed")
+            sock.close()
+
+    def _serve_framed(self, sock: socket.socket, conn: _Connection,
+                      state: ConnectionState) -> None:
+        buf = bytearray()
+        max_frame = self.limits.max_frame_bytes
+        while not self.draining:
+            while len(buf) < 4:
+                if not self._fill(sock, buf):
+                    return
+            size = int.from_bytes(buf[:4], "big", signed=True)
+            if size <= 0 or size > max_frame:
+                self.metrics.incr("frames_refused")
+                raise framing.FramingError(
+                    f"frame of {size} bytes refused (limit {max_frame})"
+                )
+            while len(buf) < 4 + size:
+                if not self._fill(sock, buf):
+                    return
+            conn.busy = True
+            replies = []
+            # Answer every complete frame already received in one write (pipelining).
+            while len(buf) >= 4:
+                size = int.from_bytes(buf[:4], "big", signed=True)
+                if size <= 0 or size > max_frame or len(buf) < 4 + size:
+                    break
+                frame = bytes(buf[4 : 4 + size])
+                del buf[: 4 + size]
+                reply = self._serve_frame(frame, state)
+                if reply:
+                    replies.append(reply)
+            if replies:
+                sock.sendall(b"".join(replies))
+            conn.busy = False
+
+    def _fill(self, sock: socket.socket, buf: bytearray) -> bool:
+        data = sock.recv(RECV_BYTES)
+        if not data:
+            return False
+        buf += data
+        return True
+
+    def _serve_frame(self, frame: bytes, state: ConnectionState) -> bytes:
+        header = None
+        headers = None
+        payload = frame
+        if frame[:2] == framing.HEADER_MAGIC:
+            header = framing.decode_header_frame(frame, self.limits.max_frame_bytes)
+            payload = header.payload
+            headers = header.headers
+            if not payload:
+                raise framing.FramingError("empty THeader payload")
+        first = payload[0]
+        iprot = framing.protocol_for(first, TMemoryBuffer(payload), self.limits)
+        otrans = TMemoryBuffer()
+        oprot = framing.protocol_for(first, otrans, self.limits)
+        try:
+            replied = self.dispatcher.dispatch(iprot, oprot, state, headers)
+        except _MALFORMED as e:
+            self.metrics.incr("malformed_messages")
+            otrans = TMemoryBuffer()
+            oprot = framing.protocol_for(first, otrans, self.limits)
+            name, seqid = _message_id(payload, first)
+            exc = TApplicationException(TApplicationException.PROTOCOL_ERROR,
+                                        f"malformed message: {e}")
+            oprot.writeMessageBegin(name, TMessageType.EXCEPTION, seqid)
+            exc.write(oprot)
+            oprot.writeMessageEnd()
+            replied = True
+        if not replied:
+            return b""
+        out = otrans.getvalue()
+        if header is not None:
+            return framing.encode_header_frame(header, out)
+        return struct.pack(">i", len(out)) + out
+
+    def _serve_unframed(self, sock: socket.socket, conn: _Connection, state: ConnectionState,
+                        first: int) -> None:
+        reader = _UnframedReader(sock)
+        iprot = framing.protocol_for(first, reader, self.limits)
+        while not self.draining:
+            # Wait for the next request outside the busy window, so a drain can close us.
+            if not reader.pending() and not sock.recv(1, socket.MSG_PEEK):
+                return
+            conn.busy = True
+            otrans = TMemoryBuffer()
+            oprot = framing.protocol_for(first, otrans, self.limits)
+            try:
+                replied = self.dispatcher.dispatch(iprot, oprot, state)
+            except (TProtocolException, framing.FramingError, struct.error, ValueError,
+                    UnicodeDecodeError, OverflowError) as e:
+                self.metrics.incr("malformed_messages")
+                raise framing.FramingError(f"malformed unframed message: {e}") from None
+            if replied:
+                sock.sendall(otrans.getvalue())
+            conn.busy = False
+
+    # -- drain ----------------------------------------------------------------------------
+
+    def drain(self, grace_s: float | None = None) -> bool:
+        """Stops accepting, waits for in-flight calls (at most `grace_s`), closes the rest.
+
+        Returns True when every in-flight call finished within the grace period.
+        """
+        if grace_s is None:
+            grace_s = self.config.drain_grace_ms / 1000.0
+        self.draining = True
+        if self.on_draining is not None:
+            self.on_draining()
+        self.server.close()
+        deadline = time.monotonic() + grace_s
+        clean = True
+        while True:
+            for conn in list(self.connections):
+                if not conn.busy:
+                    conn.greenlet.kill(block=False)
+            if not self.connections:
+                break
+            if time.monotonic() >= deadline:
+                clean = False
+                log.warning("drain grace over; closing %d busy connections",
+                            len(self.connections))
+                for conn in list(self.connections):
+                    conn.greenlet.kill(block=False)
+                break
+            gevent.sleep(0.01)
+        return clean
+
+
+def _message_id(payload: bytes, first: int) -> tuple[str, int]:
+    """The name and seqid of a message whose body failed to decode (best effort)."""
+    try:
+        iprot = framing.protocol_for(first, TMemoryBuffer(payload),
+                                     framing.Limits(len(payload), len(payload), 0))
+        name, _, seqid = iprot.readMessageBegin()
+        return name, seqid
+    except Exception:
+        return "", 0
+
+
+def reuse_port_available() -> bool:
+    return hasattr(socket, "SO_REUSEPORT") and os.name == "posix"
