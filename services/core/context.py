@@ -25,22 +25,44 @@ class ConnectionState:
     peer: str
     state: dict[str, Any] = field(default_factory=dict)
     closers: list[Callable[[], None]] = field(default_factory=list)
+    #: Deadline timers by length, reused across this connection's (sequential) calls.
+    timers: dict[float, Any] = field(default_factory=dict, repr=False)
 
     def on_close(self, fn: Callable[[], None]) -> None:
         self.closers.append(fn)
 
 
-@dataclass
 class CallContext:
     """The request being served: its id, deadline (a `time.monotonic()` instant) and
     connection, plus the THeader info headers when the caller sent any."""
 
-    request_id: str
-    service: str
-    method: str
-    deadline: float
-    connection: ConnectionState
-    headers: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("_request_id", "_make_id", "service", "method", "deadline", "connection",
+                 "headers")
+
+    def __init__(
+        self,
+        request_id: str | Callable[[], str],
+        service: str,
+        method: str,
+        deadline: float,
+        connection: ConnectionState,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        # The id is made on first use: most calls never need one.
+        self._request_id = request_id if isinstance(request_id, str) else None
+        self._make_id = None if isinstance(request_id, str) else request_id
+        self.service = service
+        self.method = method
+        self.deadline = deadline
+        self.connection = connection
+        self.headers = headers or {}
+
+    @property
+    def request_id(self) -> str:
+        if self._request_id is None:
+            assert self._make_id is not None
+            self._request_id = self._make_id()
+        return self._request_id
 
     def remaining(self) -> float:
         """Seconds left before the deadline (never negative)."""

@@ -27,14 +27,18 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from io import BytesIO
 from types import ModuleType
 from typing import Any
 
-from thrift.protocol.TProtocol import TProtocolBase
+from thrift.protocol import fastbinary
+from thrift.protocol.TBinaryProtocol import TBinaryProtocolAccelerated
+from thrift.protocol.TProtocol import TProtocolBase, TProtocolException
 from thrift.Thrift import TApplicationException, TMessageType, TType
 
 from glammp.common.ttypes import ServiceError
@@ -43,6 +47,9 @@ from services.core.context import CallContext, ConnectionState, set_current
 from services.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+_decode_binary = fastbinary.decode_binary
+_encode_binary = fastbinary.encode_binary
 
 #: The deadline of a method that names none, in milliseconds.
 DEFAULT_DEADLINE_MS = 5000
@@ -54,6 +61,11 @@ MAX_DEADLINE_MS = 600_000
 DEADLINE_HEADER = "Deadline-Budget"
 #: The multiplexed name of the base service, which is also the default service.
 BASE_SERVICE = "Base"
+#: Returned by `dispatch_binary` for messages the fast path leaves to `dispatch`.
+NOT_FAST = object()
+
+_I32 = struct.Struct(">i")
+_REPLY_HEADER = b"\x80\x01\x00\x02"
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,9 @@ class Method:
     idempotent: bool
     origin: str
     labels: tuple[str, str]
+    #: The C codec's type arguments for the args and result structs.
+    args_type: list[Any] = field(default_factory=list)
+    result_type: list[Any] | None = None
 
 
 def _service_methods(module: ModuleType) -> Iterable[tuple[ModuleType, str]]:
@@ -136,10 +151,14 @@ class Dispatcher:
                 deadline_ms = overrides.get(
                     f"{mount.name}.{name}", mount.deadlines_ms.get(name, default_deadline_ms)
                 )
+                args_cls = owner.__dict__[f"{name}_args"]
                 self.methods[f"{mount.name}:{name}"] = Method(
                     service=mount.name,
                     name=name,
-                    args_cls=owner.__dict__[f"{name}_args"],
+                    args_cls=args_cls,
+                    args_type=[args_cls, args_cls.thrift_spec],
+                    result_type=None if result_cls is None else [result_cls,
+                                                                  result_cls.thrift_spec],
                     result_cls=result_cls,
                     arg_names=arg_names,
                     has_success=has_success,
@@ -156,6 +175,38 @@ class Dispatcher:
 
     def new_request_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids):x}"
+
+    def dispatch_binary(
+        self, payload: bytes, iprot: TBinaryProtocolAccelerated, conn: ConnectionState
+    ) -> bytes | None | object:
+        """The fast path for strict binary messages: the message header is parsed and written
+        here, the arguments and result go through the C codec directly.
+
+        `iprot` is the connection's reusable protocol over a TMemoryBuffer. Returns the reply
+        payload (without framing), None for a oneway call, or `NOT_FAST` when the message must
+        go through `dispatch` (unknown names, odd message types); raises on a malformed
+        message.
+        """
+        if len(payload) < 12 or payload[:3] != b"\x80\x01\x00":
+            raise TProtocolException(TProtocolException.BAD_VERSION, "bad binary header")
+        mtype = payload[3]
+        size = _I32.unpack_from(payload, 4)[0]
+        end = 8 + size
+        if size < 0 or end + 4 > len(payload):
+            raise TProtocolException(TProtocolException.INVALID_DATA, "bad message name")
+        method = self.methods.get(payload[8:end].decode())
+        if method is None or mtype not in (TMessageType.CALL, TMessageType.ONEWAY):
+            return NOT_FAST
+        trans = iprot.trans
+        trans._buffer = BytesIO(payload)
+        trans._buffer.seek(end + 4)
+        args = method.args_cls()
+        _decode_binary(args, iprot, method.args_type)
+        result = self.call(method, args, conn, None)
+        if result is None:
+            return None
+        return b"".join((_REPLY_HEADER, payload[4 : end + 4],
+                         _encode_binary(result, method.result_type)))
 
     def dispatch(
         self,
@@ -207,15 +258,16 @@ class Dispatcher:
     ) -> Any:
         """Runs the handler behind the boundary and returns the filled result struct."""
         started = time.perf_counter()
-        request_id = self.new_request_id()
+        request_id: str | Callable[[], str] = self.new_request_id
         budget_s = method.deadline_s
         if headers:
-            request_id = headers.get("Request-Id", request_id)
+            request_id = headers.get("Request-Id") or self.new_request_id
             budget = headers.get(DEADLINE_HEADER)
             if budget is not None and budget.isdigit():
                 budget_s = min(int(budget), MAX_DEADLINE_MS) / 1000.0
         value = None
         err: ServiceError | None = None
+        ctx: CallContext | None = None
         if method.fn is None:
             err = errors.not_implemented(f"{method.service}.{method.name}")
         elif self.metrics.active >= self.max_inflight:
@@ -234,7 +286,10 @@ class Dispatcher:
             )
             set_current(ctx)
             self.metrics.active += 1
-            timer = errors.DeadlineExceeded(budget_s)
+            # Calls on a connection are sequential, so its timers can be reused.
+            timer = conn.timers.get(budget_s)
+            if timer is None:
+                timer = conn.timers[budget_s] = errors.DeadlineExceeded(budget_s)
             timer.start()
             try:
                 value = method.fn(*[getattr(args, a) for a in method.arg_names])
@@ -253,11 +308,11 @@ class Dispatcher:
                     "unexpected error in %s.%s",
                     method.service,
                     method.name,
-                    extra={"request_id": request_id},
+                    extra={"request_id": ctx.request_id},
                 )
                 err = errors.internal(
                     f"internal error in {method.service}.{method.name}; "
-                    f"see the server log for request {request_id}"
+                    f"see the server log for request {ctx.request_id}"
                 )
             finally:
                 timer.cancel()
@@ -265,7 +320,11 @@ class Dispatcher:
                 set_current(None)
         code = 0
         if err is not None:
-            err = errors.with_context(err, method.origin, request_id)
+            if ctx is not None:
+                rid = ctx.request_id
+            else:
+                rid = request_id if isinstance(request_id, str) else request_id()
+            err = errors.with_context(err, method.origin, rid)
             code = err.code
         self.metrics.observe(method.labels, code, time.perf_counter() - started)
         if method.result_cls is None:
@@ -275,7 +334,7 @@ class Dispatcher:
                     method.service,
                     method.name,
                     err.message,
-                    extra={"request_id": request_id, "code": code},
+                    extra={"request_id": err.request_id, "code": code},
                 )
             return None
         result = method.result_cls()

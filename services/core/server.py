@@ -46,7 +46,12 @@ from thrift.transport.TTransport import (
 
 from services.core import framing
 from services.core.context import ConnectionState
-from services.core.dispatch import DEFAULT_DEADLINE_MS, DEFAULT_MAX_INFLIGHT, Dispatcher
+from services.core.dispatch import (
+    DEFAULT_DEADLINE_MS,
+    DEFAULT_MAX_INFLIGHT,
+    NOT_FAST,
+    Dispatcher,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +71,9 @@ DEFAULT_DRAIN_GRACE_MS = 10_000
 #: The listen backlog.
 DEFAULT_BACKLOG = 1024
 #: Bytes read from a socket at once.
-RECV_BYTES = 256 * 1024
+RECV_BYTES = 64 * 1024
+
+_I32 = struct.Struct(">i")
 
 # Errors that mean "this message, not the server, is broken".
 _MALFORMED = (
@@ -142,8 +149,9 @@ class _UnframedReader(TTransportBase, CReadableTransport):
     (fastbinary) reads straight from its buffer. `pending()` tells whether a request's first
     bytes are already buffered."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, conn: _Connection) -> None:
         self.sock = sock
+        self.conn = conn
         self._buf = BytesIO(b"")
         self._len = 0
 
@@ -154,6 +162,7 @@ class _UnframedReader(TTransportBase, CReadableTransport):
         data = self.sock.recv(n)
         if not data:
             raise TTransportException(TTransportException.END_OF_FILE, "peer closed")
+        self.conn.last_active = time.monotonic()
         return data
 
     def read(self, sz: int) -> bytes:
@@ -177,11 +186,17 @@ class _UnframedReader(TTransportBase, CReadableTransport):
 
 
 class _Connection:
-    __slots__ = ("busy", "greenlet")
+    """Bookkeeping for one connection's greenlet: whether a request is being served (a drain
+    waits for those) and when bytes last moved (the idle sweeper closes quiet ones)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("busy", "greenlet", "last_active", "binary")
+
+    def __init__(self, limits: framing.Limits) -> None:
         self.busy = False
         self.greenlet = gevent.getcurrent()
+        self.last_active = time.monotonic()
+        # The binary fast path's protocol, reused for every frame of this connection.
+        self.binary = framing.protocol_for(framing.BINARY_FIRST, TMemoryBuffer(), limits)
 
 
 class ThriftServer:
@@ -208,6 +223,7 @@ class ThriftServer:
         if listener is None:
             listener = listening_socket(config.host, config.port, config.backlog, False)
         self.server = StreamServer(listener, self._handle)
+        self._sweeper: gevent.Greenlet | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -216,6 +232,19 @@ class ThriftServer:
 
     def start(self) -> None:
         self.server.start()
+        self._sweeper = gevent.spawn(self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        # One sweeper instead of a socket timeout on every recv: gevent builds a Timeout
+        # object per timed wait, which costs more than the whole dispatch of a small call.
+        interval = max(0.05, min(self.idle_s / 4, 5.0))
+        while True:
+            gevent.sleep(interval)
+            cutoff = time.monotonic() - self.idle_s
+            for conn in list(self.connections):
+                if not conn.busy and conn.last_active < cutoff:
+                    self.metrics.incr("connections_idle_closed")
+                    conn.greenlet.kill(block=False)
 
     def serve_forever(self) -> None:
         self.server.serve_forever()
@@ -223,13 +252,12 @@ class ThriftServer:
     # -- one connection -------------------------------------------------------------------
 
     def _handle(self, sock: socket.socket, addr: tuple[str, int]) -> None:
-        conn = _Connection()
+        conn = _Connection(self.limits)
         state = ConnectionState(peer=f"{addr[0]}:{addr[1]}")
         self.connections.add(conn)
         self.metrics.incr("connections")
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(self.idle_s)
             first = sock.recv(1, socket.MSG_PEEK)
             if not first or self.draining:
                 return
@@ -260,7 +288,7 @@ class ThriftServer:
         max_frame = self.limits.max_frame_bytes
         while not self.draining:
             while len(buf) < 4:
-                if not self._fill(sock, buf):
+                if not self._fill(sock, buf, conn):
                     return
             size = int.from_bytes(buf[:4], "big", signed=True)
             if size <= 0 or size > max_frame:
@@ -269,7 +297,7 @@ class ThriftServer:
                     f"frame of {size} bytes refused (limit {max_frame})"
                 )
             while len(buf) < 4 + size:
-                if not self._fill(sock, buf):
+                if not self._fill(sock, buf, conn):
                     return
             conn.busy = True
             replies = []
@@ -280,21 +308,34 @@ class ThriftServer:
                     break
                 frame = bytes(buf[4 : 4 + size])
                 del buf[: 4 + size]
-                reply = self._serve_frame(frame, state)
+                reply = self._serve_frame(frame, state, conn)
                 if reply:
                     replies.append(reply)
             if replies:
-                sock.sendall(b"".join(replies))
+                _send_all(sock, replies[0] if len(replies) == 1 else b"".join(replies))
+            conn.last_active = time.monotonic()
             conn.busy = False
 
-    def _fill(self, sock: socket.socket, buf: bytearray) -> bool:
-        data = sock.recv(RECV_BYTES)
+    @staticmethod
+    def _fill(sock: socket.socket, buf: bytearray, conn: _Connection) -> bool:
+        data = _recv(sock, RECV_BYTES)
         if not data:
             return False
         buf += data
+        conn.last_active = time.monotonic()
         return True
 
-    def _serve_frame(self, frame: bytes, state: ConnectionState) -> bytes:
+    def _serve_frame(self, frame: bytes, state: ConnectionState, conn: _Connection) -> bytes:
+        if frame[0] == framing.BINARY_FIRST:
+            try:
+                reply = self.dispatcher.dispatch_binary(frame, conn.binary, state)
+            except _MALFORMED as e:
+                return self._malformed(frame, framing.BINARY_FIRST, e, None)
+            if reply is None:
+                return b""
+            if reply is not NOT_FAST:
+                assert isinstance(reply, bytes)
+                return _I32.pack(len(reply)) + reply
         header = None
         headers = None
         payload = frame
@@ -311,26 +352,34 @@ class ThriftServer:
         try:
             replied = self.dispatcher.dispatch(iprot, oprot, state, headers)
         except _MALFORMED as e:
-            self.metrics.incr("malformed_messages")
-            otrans = TMemoryBuffer()
-            oprot = framing.protocol_for(first, otrans, self.limits)
-            name, seqid = _message_id(payload, first)
-            exc = TApplicationException(TApplicationException.PROTOCOL_ERROR,
-                                        f"malformed message: {e}")
-            oprot.writeMessageBegin(name, TMessageType.EXCEPTION, seqid)
-            exc.write(oprot)
-            oprot.writeMessageEnd()
-            replied = True
+            return self._malformed(payload, first, e, header)
         if not replied:
             return b""
-        out = otrans.getvalue()
+        return self._frame(otrans.getvalue(), header)
+
+    @staticmethod
+    def _frame(out: bytes, header: framing.HeaderFrame | None) -> bytes:
         if header is not None:
             return framing.encode_header_frame(header, out)
-        return struct.pack(">i", len(out)) + out
+        return _I32.pack(len(out)) + out
+
+    def _malformed(self, payload: bytes, first: int, error: Exception,
+                   header: framing.HeaderFrame | None) -> bytes:
+        """A PROTOCOL_ERROR reply to a message whose frame was whole but whose body was not."""
+        self.metrics.incr("malformed_messages")
+        otrans = TMemoryBuffer()
+        oprot = framing.protocol_for(first, otrans, self.limits)
+        name, seqid = _message_id(payload, first)
+        exc = TApplicationException(TApplicationException.PROTOCOL_ERROR,
+                                    f"malformed message: {error}")
+        oprot.writeMessageBegin(name, TMessageType.EXCEPTION, seqid)
+        exc.write(oprot)
+        oprot.writeMessageEnd()
+        return self._frame(otrans.getvalue(), header)
 
     def _serve_unframed(self, sock: socket.socket, conn: _Connection, state: ConnectionState,
                         first: int) -> None:
-        reader = _UnframedReader(sock)
+        reader = _UnframedReader(sock, conn)
         iprot = framing.protocol_for(first, reader, self.limits)
         while not self.draining:
             # Wait for the next request outside the busy window, so a drain can close us.
@@ -347,6 +396,7 @@ class ThriftServer:
                 raise framing.FramingError(f"malformed unframed message: {e}") from None
             if replied:
                 sock.sendall(otrans.getvalue())
+            conn.last_active = time.monotonic()
             conn.busy = False
 
     # -- drain ----------------------------------------------------------------------------
@@ -362,6 +412,8 @@ class ThriftServer:
         if self.on_draining is not None:
             self.on_draining()
         self.server.close()
+        if self._sweeper is not None:
+            self._sweeper.kill(block=False)
         deadline = time.monotonic() + grace_s
         clean = True
         while True:
@@ -379,6 +431,25 @@ class ThriftServer:
                 break
             gevent.sleep(0.01)
         return clean
+
+
+def _send_all(sock: socket.socket, data: bytes) -> None:
+    """sendall, trying the raw non-blocking socket first: a small reply almost always fits
+    the socket buffer, and gevent's sendall costs more than the send itself."""
+    try:
+        sent = sock._sock.send(data)  # type: ignore[attr-defined]
+    except BlockingIOError:
+        sent = 0
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
+def _recv(sock: socket.socket, size: int) -> bytes:
+    """recv, trying the raw non-blocking socket before waiting in gevent's hub."""
+    try:
+        return sock._sock.recv(size)  # type: ignore[attr-defined, no-any-return]
+    except BlockingIOError:
+        return sock.recv(size)
 
 
 def _message_id(payload: bytes, first: int) -> tuple[str, int]:

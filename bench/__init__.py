@@ -1,0 +1,1 @@
+"""Benchmarks: glammp against direct use of the same backend, in the same run (`make bench`)."""
