@@ -140,6 +140,7 @@ class LocalBackends:
             )
             self.children.append(child.start())
             jobs["servers"] = [child.address]
+            jobs.setdefault("state_db", os.path.join(self.config.data_dir, "jobs-state.sqlite"))
         filestore = raw.setdefault("filestore", {})
         if self.config.mogilefs and not filestore.get("trackers"):
             try:
