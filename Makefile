@@ -55,3 +55,8 @@ bench: deps deps-test venv
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .ruff_cache
+
+# Stubs for other languages and their examples (examples/Makefile; not checked in: build/stubs/).
+.PHONY: stubs stubs-check examples-test
+stubs stubs-check examples-test:
+	$(MAKE) -C examples $@
