@@ -33,6 +33,9 @@ MODULES = {
 }
 #: Socket timeout of `connect`, in seconds.
 DEFAULT_TIMEOUT_S = 10.0
+#: Largest string or container a reply may carry, as the server's own default limits.
+DEFAULT_MAX_STRING_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_CONTAINER_ITEMS = 1_000_000
 
 
 def service_module(service: str) -> ModuleType:
@@ -44,13 +47,23 @@ def service_module(service: str) -> ModuleType:
 
 @contextmanager
 def connect(
-    host: str, port: int, service: str, timeout_s: float = DEFAULT_TIMEOUT_S
+    host: str,
+    port: int,
+    service: str,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_string_bytes: int = DEFAULT_MAX_STRING_BYTES,
 ) -> Iterator[Any]:
-    """A connected generated client for `service`; closed when the block ends."""
+    """A connected generated client for `service`; closed when the block ends.
+
+    Replies are held to the same limits the server applies to requests: a string longer than
+    `max_string_bytes` fails the call with a TProtocolException (SIZE_LIMIT).
+    """
     sock = TSocket(host, port)
     sock.setTimeout(timeout_s * 1000)
     trans = TFramedTransport(sock)
-    proto = TMultiplexedProtocol(TBinaryProtocolAccelerated(trans), service)
+    base = TBinaryProtocolAccelerated(trans, string_length_limit=max_string_bytes,
+                                      container_length_limit=DEFAULT_MAX_CONTAINER_ITEMS)
+    proto = TMultiplexedProtocol(base, service)
     trans.open()
     try:
         yield service_module(service).Client(proto)

@@ -1,0 +1,28 @@
+"""The base service's status: life cycle and handler health."""
+
+from __future__ import annotations
+
+from glammp.base.ttypes import Status
+from services.client import connect
+from tests.core.testapp import MisbehavingCache, mount
+
+
+class Unhealthy(MisbehavingCache):
+    def __init__(self) -> None:
+        self.problem = ""
+
+    def health(self) -> tuple[int, str]:
+        return (Status.WARNING, self.problem) if self.problem else (Status.ALIVE, "")
+
+
+def test_status_reports_a_handlers_warning_and_recovery(serve):
+    handler = Unhealthy()
+    host, port = serve([mount(handler)]).server.address
+    with connect(host, port, "Base") as base:
+        assert (base.getStatus(), base.getStatusDetails()) == (Status.ALIVE, "")
+        handler.problem = "memcached 127.0.0.1:1 down"
+        assert base.getStatus() == Status.WARNING
+        assert base.getStatusDetails() == "Cache: memcached 127.0.0.1:1 down"
+        handler.problem = ""
+        assert base.getStatus() == Status.ALIVE
+        assert base.aliveSince() > 0 and base.getVersion()
