@@ -150,7 +150,7 @@ class LocalBackends:
             cluster = DevCluster(os.path.join(self.config.data_dir, "mogilefs"))
             cluster.start()
             self.closers.append(cluster.stop)
-            filestore["trackers"] = [cluster.tracker_address]
+            filestore["trackers"] = cluster.trackers
 
     def stop(self) -> None:
         for close in reversed(self.closers):

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import base64
 import importlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
@@ -45,30 +43,38 @@ def service_module(service: str) -> ModuleType:
         raise ValueError(f"unknown service {service!r} (known: {', '.join(MODULES)})") from None
 
 
-@contextmanager
-def connect(
-    host: str,
-    port: int,
-    service: str,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    max_string_bytes: int = DEFAULT_MAX_STRING_BYTES,
-) -> Iterator[Any]:
-    """A connected generated client for `service`; closed when the block ends.
+class connect:  # noqa: N801 - used like a function: `with connect(...) as client:`
+    """A connected generated client for `service`; closed when the `with` block ends.
 
     Replies are held to the same limits the server applies to requests: a string longer than
     `max_string_bytes` fails the call with a TProtocolException (SIZE_LIMIT).
+
+    A class, not a `contextlib.contextmanager`: that one sets `__traceback__` on an exception
+    leaving the block, which Thrift's immutable generated exceptions refuse, turning a
+    ServiceError into a TypeError.
     """
-    sock = TSocket(host, port)
-    sock.setTimeout(timeout_s * 1000)
-    trans = TFramedTransport(sock)
-    base = TBinaryProtocolAccelerated(trans, string_length_limit=max_string_bytes,
-                                      container_length_limit=DEFAULT_MAX_CONTAINER_ITEMS)
-    proto = TMultiplexedProtocol(base, service)
-    trans.open()
-    try:
-        yield service_module(service).Client(proto)
-    finally:
-        trans.close()
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        service: str,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_string_bytes: int = DEFAULT_MAX_STRING_BYTES,
+    ) -> None:
+        sock = TSocket(host, port)
+        sock.setTimeout(timeout_s * 1000)
+        self.trans = TFramedTransport(sock)
+        base = TBinaryProtocolAccelerated(self.trans, string_length_limit=max_string_bytes,
+                                          container_length_limit=DEFAULT_MAX_CONTAINER_ITEMS)
+        self.client = service_module(service).Client(TMultiplexedProtocol(base, service))
+
+    def __enter__(self) -> Any:
+        self.trans.open()
+        return self.client
+
+    def __exit__(self, *exc: object) -> None:
+        self.trans.close()
 
 
 def _from_json(ttype: int, spec: Any, value: Any) -> Any:

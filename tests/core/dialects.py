@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from thrift.protocol.TBinaryProtocol import TBinaryProtocol
@@ -31,7 +29,21 @@ DIALECTS = [
 ]
 
 
-@contextmanager
+class _Open:
+    """Opens on enter, closes on exit; unlike contextlib.contextmanager it leaves exceptions
+    untouched (Thrift's generated exceptions are immutable)."""
+
+    def __init__(self, trans: Any, client: Any) -> None:
+        self.trans, self.client = trans, client
+
+    def __enter__(self) -> Any:
+        self.trans.open()
+        return self.client
+
+    def __exit__(self, *exc: object) -> None:
+        self.trans.close()
+
+
 def client(
     host: str,
     port: int,
@@ -40,7 +52,7 @@ def client(
     multiplexed: bool = True,
     headers: dict[str, str] | None = None,
     timeout_s: float = 10.0,
-) -> Iterator[Any]:
+) -> _Open:
     sock = TSocket(host, port)
     sock.setTimeout(timeout_s * 1000)
     if dialect.startswith("header"):
@@ -58,8 +70,4 @@ def client(
         proto = TBinaryProtocol(trans) if codec == "binary" else TCompactProtocol(trans)
     if multiplexed:
         proto = TMultiplexedProtocol(proto, service)
-    trans.open()
-    try:
-        yield service_module(service).Client(proto)
-    finally:
-        trans.close()
+    return _Open(trans, service_module(service).Client(proto))

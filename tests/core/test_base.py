@@ -26,3 +26,15 @@ def test_status_reports_a_handlers_warning_and_recovery(serve):
         handler.problem = ""
         assert base.getStatus() == Status.ALIVE
         assert base.aliveSince() > 0 and base.getVersion()
+
+
+def test_a_service_error_leaves_a_connect_block_as_itself(serve):
+    import pytest
+
+    from glammp.common.ttypes import ServiceError
+
+    host, port = serve([mount()]).server.address
+    with pytest.raises(ServiceError) as e:
+        with connect(host, port, "Cache") as cache:
+            cache.get("missing", None)
+    assert e.value.code == 404
