@@ -47,8 +47,12 @@ def glammp_serve(tmp_path):
         raise
     yield proc, port, admin, out
     if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     out.close()
     err.close()
 
@@ -69,7 +73,26 @@ def test_serve_answers_alive_and_serves_the_cache_then_stops_cleanly(glammp_serv
     assert proc.wait(timeout=30) == 0
     assert not port_accepts("127.0.0.1", port)
     for pid in backends:
-        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+        wait_for(lambda pid=pid: not _alive(pid), 10, what=f"backend {pid} exiting")
+
+
+def test_backends_die_with_a_killed_serve(glammp_serve):
+    proc, _, _, _ = glammp_serve
+    backends = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+    assert backends
+    proc.kill()
+    proc.wait()
+    for pid in backends:
+        wait_for(lambda pid=pid: not _alive(pid), 10, what=f"orphan {pid} exiting")
+
+
+def _alive(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_admin_port_serves_metrics_and_status(glammp_serve):

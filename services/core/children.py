@@ -9,6 +9,7 @@ Only loopback addresses are used for readiness checks.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -23,6 +24,18 @@ log = logging.getLogger(__name__)
 DEFAULT_START_TIMEOUT_S = 10.0
 #: How long a backend may take to exit after SIGTERM before it gets SIGKILL, in seconds.
 DEFAULT_STOP_TIMEOUT_S = 5.0
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it when its parent dies, so a crashed or
+    SIGKILLed glammp never leaves its backends running (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -100,6 +113,7 @@ class Child:
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         finally:
             if self.log_path:

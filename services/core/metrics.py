@@ -13,6 +13,8 @@ Exported names (Prometheus text format):
   being read to the result being ready.
 * `thrift_server_active_requests`: requests running now.
 * `glammp_<name>_total`: other counters (connections, refused frames, unknown methods ...).
+* `glammp_handler_value{name}`: what the mounted handlers report through `counters()`
+  (e.g. `cache.oneway.sent`), under the same names in fb303's getCounters.
 """
 
 from __future__ import annotations
@@ -55,11 +57,13 @@ class Metrics:
     def count_unknown(self) -> None:
         self.incr("unknown_method")
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, handler: dict[str, int] | None = None) -> dict[str, Any]:
+        """This process's numbers; `handler` adds the handlers' own counters."""
         return {
             "requests": [[s, m, c, n] for (s, m, c), n in self.requests.items()],
             "latency": [[s, m, h] for (s, m), h in self.latency.items()],
             "counters": dict(self.counters),
+            "handler": dict(handler or {}),
             "active": self.active,
         }
 
@@ -69,8 +73,11 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
     requests: dict[tuple[str, str, int], int] = {}
     latency: dict[tuple[str, str], list[float]] = {}
     counters: dict[str, int] = {}
+    handler: dict[str, int] = {}
     active = 0
     for snap in snapshots:
+        for k, v in snap.get("handler", {}).items():
+            handler[k] = handler.get(k, 0) + v
         for s, m, c, n in snap["requests"]:
             requests[(s, m, c)] = requests.get((s, m, c), 0) + n
         for s, m, h in snap["latency"]:
@@ -86,6 +93,7 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "requests": [[s, m, c, n] for (s, m, c), n in sorted(requests.items())],
         "latency": [[s, m, h] for (s, m), h in sorted(latency.items())],
         "counters": counters,
+        "handler": handler,
         "active": active,
     }
 
@@ -125,6 +133,7 @@ def fb303_counters(snap: dict[str, Any]) -> dict[str, int]:
             out[f"{key}.errors.{c}"] = out.get(f"{key}.errors.{c}", 0) + n
     for k, v in snap["counters"].items():
         out[f"glammp.{k}"] = v
+    out.update(snap.get("handler", {}))
     out["glammp.active_requests"] = snap.get("active", 0)
     return out
 
@@ -167,4 +176,9 @@ def render_prometheus(snap: dict[str, Any]) -> str:
     for k, v in sorted(snap["counters"].items()):
         lines.append(f"# TYPE glammp_{k}_total counter")
         lines.append(f"glammp_{k}_total {v}")
+    if snap.get("handler"):
+        lines.append("# HELP glammp_handler_value Counters and gauges the services report.")
+        lines.append("# TYPE glammp_handler_value untyped")
+        for k, v in sorted(snap["handler"].items()):
+            lines.append(f'glammp_handler_value{{name="{_label(k)}"}} {v}')
     return "\n".join(lines) + "\n"

@@ -76,6 +76,7 @@ class Process:
             max_inflight=spec.config.max_inflight,
             deadline_overrides_ms=spec.config.deadlines_ms,
         )
+        self.counter_sources = [m.handler for m in mounts if hasattr(m.handler, "counters")]
         for mount in mounts:
             self.board.watch(mount.name, mount.handler)
         for name, source in spec.extra_health:
@@ -85,10 +86,20 @@ class Process:
     def _draining(self) -> None:
         self.board.state = Status.STOPPING
 
+    def own_snapshot(self) -> dict[str, Any]:
+        handler: dict[str, int] = {}
+        for source in self.counter_sources:
+            try:
+                handler.update(source.counters())
+            except Exception:
+                log.exception("counters() of a handler failed")
+        return self.metrics.snapshot(handler)
+
     def snapshot(self) -> dict[str, Any]:
+        """The numbers of every process serving the port, summed."""
         if self.run_dir is None:
-            return self.metrics.snapshot()
-        metrics_mod.write_snapshot(self.run_dir, self.metrics.snapshot())
+            return self.own_snapshot()
+        metrics_mod.write_snapshot(self.run_dir, self.own_snapshot())
         return metrics_mod.merge(metrics_mod.read_snapshots(self.run_dir))
 
     def counters(self) -> dict[str, int]:
@@ -103,7 +114,7 @@ class Process:
         self.board.state = Status.STOPPED
         self.dispatcher.close_handlers()
         if self.run_dir is not None:
-            metrics_mod.write_snapshot(self.run_dir, self.metrics.snapshot())
+            metrics_mod.write_snapshot(self.run_dir, self.own_snapshot())
         return clean
 
 
@@ -252,7 +263,7 @@ def _worker(spec: ServeSpec, host: str, port: int, run_dir: str) -> int:
 
     def publish() -> None:
         while True:
-            metrics_mod.write_snapshot(run_dir, proc.metrics.snapshot())
+            metrics_mod.write_snapshot(run_dir, proc.own_snapshot())
             gevent.sleep(SNAPSHOT_INTERVAL_S)
 
     publisher = gevent.spawn(publish)

@@ -38,3 +38,18 @@ def test_a_service_error_leaves_a_connect_block_as_itself(serve):
         with connect(host, port, "Cache") as cache:
             cache.get("missing", None)
     assert e.value.code == 404
+
+
+def test_handler_counters_reach_get_counters_and_metrics(serve):
+    from services.core import metrics
+
+    class Counting(MisbehavingCache):
+        def counters(self) -> dict[str, int]:
+            return {"cache.oneway.sent": 7}
+
+    proc = serve([mount(Counting())])
+    host, port = proc.server.address
+    with connect(host, port, "Base") as base:
+        assert base.getCounter("cache.oneway.sent") == 7
+    text = metrics.render_prometheus(proc.snapshot())
+    assert 'glammp_handler_value{name="cache.oneway.sent"} 7' in text
