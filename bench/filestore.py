@@ -25,14 +25,9 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from thrift.protocol.TBinaryProtocol import TBinaryProtocolAccelerated
-from thrift.protocol.TMultiplexedProtocol import TMultiplexedProtocol
-from thrift.transport.TSocket import TSocket
-from thrift.transport.TTransport import TFramedTransport
-
 from bench.harness import LOAD_CPU, ROOT, SERVER_CPU, Row, median
-from glammp.filestore import Filestore
 from glammp.filestore.ttypes import StoreOptions
+from services.client import connect
 from services.core.children import free_port, port_accepts, wait_for
 from services.mogilefs.client import TrackerClient
 from services.mogilefs.devcluster import DevCluster
@@ -45,32 +40,8 @@ PIECE = os.urandom(CHUNK)
 CLASS = "single"
 
 
-class _LinearSocket(TSocket):
-    """TSocket whose readAll is linear: the stock one joins chunks with `bytes +=`, which is
-    quadratic in the frame size and dominates multi-MiB replies on the caller's side."""
-
-    def readAll(self, sz: int) -> bytes:  # noqa: N802 - Thrift's name
-        buf = bytearray(sz)
-        view, have = memoryview(buf), 0
-        while have < sz:
-            n = self.handle.recv_into(view[have:])
-            if n == 0:
-                raise EOFError()
-            have += n
-        return bytes(buf)
-
-
-@contextmanager
-def _client(port: int) -> Iterator[Any]:
-    sock = _LinearSocket("127.0.0.1", port)
-    sock.setTimeout(600_000)
-    trans = TFramedTransport(sock)
-    trans.open()
-    try:
-        yield Filestore.Client(TMultiplexedProtocol(TBinaryProtocolAccelerated(trans),
-                                                    "Filestore"))
-    finally:
-        trans.close()
+def _client(port: int) -> connect:
+    return connect("127.0.0.1", port, "Filestore", timeout_s=600)
 
 
 def _peak_rss_mib(pid: int) -> float:

@@ -125,6 +125,8 @@ class LocalBackends:
             )
             self.children.append(child.start())
             cache["pools"] = {"default": {"servers": [child.address]}}
+            # Frontends' hot get_paths should not reach the tracker: cache paths here too.
+            raw.setdefault("filestore", {}).setdefault("path_cache", {"servers": [child.address]})
         jobs = raw.setdefault("jobs", {})
         if self.config.gearmand and not jobs.get("servers"):
             from services.jobs.local import gearmand_argv

@@ -66,6 +66,7 @@ NOT_FAST = object()
 
 _I32 = struct.Struct(">i")
 _REPLY_HEADER = b"\x80\x01\x00\x02"
+_BINARY_SUCCESS = b"\x0b\x00\x00"  # field type STRING, field id 0
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ class Method:
     #: The C codec's type arguments for the args and result structs.
     args_type: list[Any] = field(default_factory=list)
     result_type: list[Any] | None = None
+    #: The result's success is `binary` (e.g. Filestore.fetch): written without the encoder.
+    binary_success: bool = False
 
 
 def _service_methods(module: ModuleType) -> Iterable[tuple[ModuleType, str]]:
@@ -143,10 +146,12 @@ class Dispatcher:
                 spec = owner.__dict__[f"{name}_args"].thrift_spec
                 arg_names = tuple(s[2] for s in spec if s is not None)
                 result_cls = owner.__dict__.get(f"{name}_result")
-                has_success = bool(
-                    result_cls is not None
-                    and result_cls.thrift_spec[0] is not None
-                    and result_cls.thrift_spec[0][2] == "success"
+                success_spec = result_cls.thrift_spec[0] if result_cls is not None else None
+                has_success = success_spec is not None and success_spec[2] == "success"
+                binary_success = bool(
+                    has_success
+                    and success_spec is not None
+                    and tuple(success_spec[1:4]) == (TType.STRING, "success", "BINARY")
                 )
                 deadline_ms = overrides.get(
                     f"{mount.name}.{name}", mount.deadlines_ms.get(name, default_deadline_ms)
@@ -162,6 +167,7 @@ class Dispatcher:
                     result_cls=result_cls,
                     arg_names=arg_names,
                     has_success=has_success,
+                    binary_success=binary_success,
                     fn=fn,
                     deadline_s=deadline_ms / 1000.0,
                     idempotent=name in mount.idempotent,
@@ -178,14 +184,14 @@ class Dispatcher:
 
     def dispatch_binary(
         self, payload: bytes, iprot: TBinaryProtocolAccelerated, conn: ConnectionState
-    ) -> bytes | None | object:
+    ) -> list[bytes] | None | object:
         """The fast path for strict binary messages: the message header is parsed and written
         here, the arguments and result go through the C codec directly.
 
         `iprot` is the connection's reusable protocol over a TMemoryBuffer. Returns the reply
-        payload (without framing), None for a oneway call, or `NOT_FAST` when the message must
-        go through `dispatch` (unknown names, odd message types); raises on a malformed
-        message.
+        payload as pieces to join (without framing), None for a oneway call, or `NOT_FAST`
+        when the message must go through `dispatch` (unknown names, odd message types);
+        raises on a malformed message.
         """
         if len(payload) < 12 or payload[:3] != b"\x80\x01\x00":
             raise TProtocolException(TProtocolException.BAD_VERSION, "bad binary header")
@@ -205,8 +211,13 @@ class Dispatcher:
         result = self.call(method, args, conn, None)
         if result is None:
             return None
-        return b"".join((_REPLY_HEADER, payload[4 : end + 4],
-                         _encode_binary(result, method.result_type)))
+        head = payload[4 : end + 4]  # the name and seqid, echoed
+        value = result.success if method.binary_success else None
+        if type(value) is bytes and result.err is None:
+            # The C encoder copies a large binary result byte by byte (~0.8 ms per MiB);
+            # field 0, type STRING, then the bytes and the struct's stop byte.
+            return [_REPLY_HEADER, head, _BINARY_SUCCESS, _I32.pack(len(value)), value, b"\0"]
+        return [_REPLY_HEADER, head, _encode_binary(result, method.result_type)]
 
     def dispatch(
         self,

@@ -334,8 +334,8 @@ class ThriftServer:
             if reply is None:
                 return b""
             if reply is not NOT_FAST:
-                assert isinstance(reply, bytes)
-                return _I32.pack(len(reply)) + reply
+                assert isinstance(reply, list)
+                return b"".join([_I32.pack(sum(map(len, reply))), *reply])
         header = None
         headers = None
         payload = frame

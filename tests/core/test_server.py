@@ -244,3 +244,22 @@ def test_counters_count_calls_by_code(server):
         assert c.getCounter("Cache.get.errors") == 1
         assert c.getCounter("no.such.counter") == 0
     assert os.getpid() > 0
+
+
+def test_binary_results_round_trip_in_every_dialect(serve):
+    import glammp.filestore.Filestore
+
+    from services.core.dispatch import Mount
+
+    blob = bytes(range(256)) * 4096 + b"\x00end"
+
+    class Files:
+        def fetch(self, domain: str, key: str, opts: object) -> bytes:
+            return blob if key == "big" else b""
+
+    proc = serve([Mount("Filestore", glammp.filestore.Filestore, Files(), "filestore")])
+    host, port = proc.server.address
+    for dialect in DIALECTS:
+        with client(host, port, dialect, "Filestore") as c:
+            assert c.fetch("d", "big", None) == blob
+            assert c.fetch("d", "empty", None) == b""
