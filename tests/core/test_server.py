@@ -248,7 +248,6 @@ def test_counters_count_calls_by_code(server):
 
 def test_binary_results_round_trip_in_every_dialect(serve):
     import glammp.filestore.Filestore
-
     from services.core.dispatch import Mount
 
     blob = bytes(range(256)) * 4096 + b"\x00end"
@@ -263,3 +262,26 @@ def test_binary_results_round_trip_in_every_dialect(serve):
         with client(host, port, dialect, "Filestore") as c:
             assert c.fetch("d", "big", None) == blob
             assert c.fetch("d", "empty", None) == b""
+
+
+@pytest.mark.parametrize("dialect", ["framed-binary", "framed-compact", "unframed-binary"])
+def test_replies_carry_the_bare_method_name(server, dialect):
+    # Apache's TMultiplexedProcessor answers "getStatus", not "Base:getStatus"; Go's and
+    # Node's generated clients check the name and reject anything else.
+    from thrift.protocol.TProtocol import TProtocolBase
+
+    host, port = server.server.address
+    names: list[str] = []
+    with client(host, port, dialect, "Cache") as c:
+        proto: TProtocolBase = c._iprot
+        read = proto.readMessageBegin
+
+        def spy() -> tuple:
+            name, mtype, seqid = read()
+            names.append(name)
+            return name, mtype, seqid
+
+        proto.readMessageBegin = spy  # type: ignore[method-assign]
+        c.getStatus()
+        c.get("k", None)
+    assert names == ["getStatus", "get"]
