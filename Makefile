@@ -13,7 +13,7 @@ DEB_TEST := php-cli php-thrift php-memcached php-gearman default-jdk-headless li
             ruby ruby-thrift libthrift-perl libclass-accessor-perl libbit-vector-perl \
             libio-socket-ssl-perl
 
-.PHONY: run test deps deps-test venv gen gen-check lint bench clean
+.PHONY: run test deps deps-test venv gen gen-check lint bench soak clean
 
 run: deps venv
 	$(BIN)/glammp serve $(if $(CONFIG),--config $(CONFIG))
@@ -54,6 +54,10 @@ lint: venv
 
 bench: deps deps-test venv
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The whole split deployment under load and faults (default 10 minutes; report in build/soak/).
+soak: deps deps-test venv
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .ruff_cache
