@@ -302,7 +302,8 @@ class Dispatcher:
             )
             set_current(ctx)
             self.metrics.active += 1
-            # Calls on a connection are sequential, so its timers can be reused.
+            # Calls on a connection are sequential, so its timers can be reused (until one
+            # fires, below).
             timer = conn.timers.get(budget_s)
             if timer is None:
                 timer = conn.timers[budget_s] = errors.DeadlineExceeded(budget_s)
@@ -314,6 +315,9 @@ class Dispatcher:
             except errors.DeadlineExceeded as e:
                 if e is not timer:
                     raise
+                # A gevent Timeout restarted after it fired can fire again at once: never
+                # reuse one that has fired.
+                conn.timers.pop(budget_s, None)
                 err = errors.timeout(
                     f"{method.service}.{method.name} did not finish within "
                     f"{budget_s * 1000:.0f} ms",

@@ -285,3 +285,14 @@ def test_replies_carry_the_bare_method_name(server, dialect):
         c.getStatus()
         c.get("k", None)
     assert names == ["getStatus", "get"]
+
+
+def test_a_deadline_that_fired_does_not_cut_the_next_call_short(server):
+    # Timers are reused per connection; a fired one must not fire again at once.
+    host, port = server.server.address
+    with client(host, port, "framed-binary", "Cache") as c:
+        for _ in range(3):
+            with pytest.raises(ServiceError) as e:
+                c.get("sleep:1.2", None)  # the method's deadline is 1000 ms
+            assert e.value.code == ErrorCode.TIMEOUT
+            assert c.get("sleep:0.3", None).value == b"sleep:0.3"
