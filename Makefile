@@ -11,7 +11,7 @@ DEB_RUN := memcached gearman-job-server gearman-tools thrift-compiler sqlite3
 DEB_TEST := php-cli php-thrift php-memcached php-gearman default-jdk-headless libthrift-java \
             libslf4j-java nginx-light postgresql openssl nodejs golang-go golang-thrift-dev \
             ruby ruby-thrift libthrift-perl libclass-accessor-perl libbit-vector-perl \
-            libio-socket-ssl-perl
+            libio-socket-ssl-perl chromium
 
 .PHONY: run test deps deps-test venv gen gen-check lint bench soak clean
 

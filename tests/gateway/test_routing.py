@@ -1,0 +1,275 @@
+"""Routing, passthrough, translation and the errors the gateway synthesizes (in-process)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+from thrift.protocol.TBinaryProtocol import TBinaryProtocol
+from thrift.protocol.TMultiplexedProtocol import TMultiplexedProtocol
+from thrift.Thrift import TApplicationException
+from thrift.transport.TTransport import TMemoryBuffer
+
+from glammp.base.ttypes import Status
+from glammp.cache import Cache
+from glammp.common.ttypes import ErrorCode, ServiceError
+from services.core.children import free_port, wait_for
+from tests.core.dialects import DIALECTS, client
+
+
+def test_base_is_answered_by_the_gateway(gateway):
+    host, port = gateway().address
+    with client(host, port, "framed-binary", "Base") as c:
+        assert c.getName() == "glammp-gateway"
+        assert c.getStatus() == Status.ALIVE
+    with client(host, port, "framed-binary", "Base", multiplexed=False) as c:
+        assert c.getName() == "glammp-gateway"
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_every_dialect_reaches_a_binary_upstream(gateway, upstreams, dialect):
+    (addr, _), = upstreams(1)
+    host, port = gateway(upstreams={"Cache": [addr]}).address
+    with client(host, port, dialect, "Cache") as c:
+        for i in range(3):
+            item = c.get(f"key-{i}", None)
+            assert item.found and item.value == f"key-{i}".encode()
+        with pytest.raises(ServiceError) as e:
+            c.get("missing", None)
+        assert e.value.code == ErrorCode.NOT_FOUND and e.value.origin == "cache"
+        assert e.value.details == {"key": "missing"}
+        assert c.getStatus() == Status.ALIVE  # Cache:getStatus goes upstream
+
+
+def test_calls_spread_over_instances_and_share_connections(gateway, upstreams):
+    ups = upstreams(2)
+    gw = gateway(upstreams={"Cache": [a for a, _ in ups]})
+    host, port = gw.address
+    seen = set()
+    for _ in range(20):
+        with client(host, port, "framed-binary", "Cache") as c:
+            seen.add(c.get("tag", None).value)
+    assert seen == {b"u0", b"u1"}
+    # Twenty sequential callers needed no more than one pooled connection per instance.
+    assert all(len(i.links) == 1 for i in gw.clusters["Cache"].instances)
+
+
+def test_non_multiplexed_callers_go_to_the_default_service(gateway, upstreams):
+    (addr, _), = upstreams(1)
+    host, port = gateway(upstreams={"Cache": [addr]}, default_service="Cache").address
+    with client(host, port, "framed-binary", "Cache", multiplexed=False) as c:
+        assert c.get("plain", None).value == b"plain"
+
+
+def test_unknown_service_is_unknown_method(gateway):
+    host, port = gateway().address
+    with client(host, port, "framed-binary", "Jobs") as c:
+        with pytest.raises(TApplicationException) as e:
+            c.workers()
+        assert e.value.type == TApplicationException.UNKNOWN_METHOD
+        # The connection is still usable.
+        with pytest.raises(TApplicationException):
+            c.workers()
+
+
+def test_no_instance_listening_is_503_retryable_at_once(gateway):
+    dead = f"127.0.0.1:{free_port()}"
+    host, port = gateway(upstreams={"Cache": [dead]}).address
+    with client(host, port, "framed-compact", "Cache") as c:
+        for _ in range(5):
+            with pytest.raises(ServiceError) as e:
+                c.get("k", None)
+            assert e.value.code == ErrorCode.UNAVAILABLE
+            assert e.value.retryable is True and e.value.origin == "gateway"
+            assert e.value.request_id
+
+
+def test_deadline_is_504_retryable_only_when_idempotent(gateway, upstreams):
+    (addr, _), = upstreams(1)
+    gw = gateway(upstreams={"Cache": [addr]},
+                 deadlines_ms={"Cache.get": 200, "Cache.get_and_touch": 200})
+    host, port = gw.address
+    with client(host, port, "framed-binary", "Cache") as c:
+        with pytest.raises(ServiceError) as e:
+            c.get("sleep:1.5", None)
+        assert e.value.code == ErrorCode.TIMEOUT and e.value.retryable is True
+        assert e.value.origin == "gateway"
+        # The same connection goes on working; the stuck upstream connection was retired.
+        assert c.get("after", None).value == b"after"
+    with client(host, port, "framed-binary", "Cache") as c:
+        with pytest.raises(ServiceError) as e:
+            c.get_and_touch("k", 1, None)  # not idempotent; the test app answers 501 late
+        assert e.value.code in (ErrorCode.TIMEOUT, ErrorCode.NOT_IMPLEMENTED)
+
+
+def test_caller_deadline_budget_header_is_honoured(gateway, upstreams):
+    (addr, _), = upstreams(1)
+    host, port = gateway(upstreams={"Cache": [addr]}).address
+    with client(host, port, "header-binary", "Cache", headers={"Deadline-Budget": "150"}) as c:
+        with pytest.raises(ServiceError) as e:
+            c.get("sleep:1", None)
+        assert e.value.code == ErrorCode.TIMEOUT
+
+
+def test_oneway_calls_are_forwarded(gateway, upstreams):
+    (addr, handler), = upstreams(1)
+    host, port = gateway(upstreams={"Cache": [addr]}).address
+    with client(host, port, "framed-binary", "Cache") as c:
+        c.put_async("k1", b"v1", None)
+        c.put_async("k2", b"v2", None)
+        assert c.get("x", None).value == b"x"  # replies are not mixed up with oneways
+    wait_for(lambda: handler.last_async == ("k2", b"v2"), 5, what="oneway delivered")
+
+
+def test_admin_methods_are_denied_unless_allowed(gateway, upstreams):
+    from gateway.config import AccessRule
+
+    (addr, _), = upstreams(1)
+    host, port = gateway(upstreams={"Cache": [addr]}).address
+    with client(host, port, "framed-binary", "Cache") as c:
+        with pytest.raises(ServiceError) as e:
+            c.flush(0, "default")
+        assert e.value.code == ErrorCode.FORBIDDEN and e.value.origin == "gateway"
+        assert c.get("ok", None).found
+    allowed = gateway(upstreams={"Cache": [addr]},
+                      access=[AccessRule(callers=["127.0.0.0/8"], allow=["Cache.flush"])])
+    with client(*allowed.address, "framed-binary", "Cache") as c:
+        with pytest.raises(ServiceError) as e:
+            c.flush(0, "default")
+        # Reached the upstream, whose test handler has no flush.
+        assert e.value.code == ErrorCode.NOT_IMPLEMENTED and e.value.origin == "cache"
+
+
+def test_access_rules_deny_by_network(gateway, upstreams):
+    from gateway.config import AccessRule
+
+    (addr, _), = upstreams(1)
+    rules = [AccessRule(callers=["10.0.0.0/8"], allow=["*"]),
+             AccessRule(callers=["127.0.0.1/32"], deny=["Cache.*"])]
+    host, port = gateway(upstreams={"Cache": [addr]}, access=rules).address
+    with client(host, port, "framed-binary", "Cache") as c:
+        with pytest.raises(ServiceError) as e:
+            c.get("k", None)
+        assert e.value.code == ErrorCode.FORBIDDEN
+    with client(host, port, "framed-binary", "Base") as c:
+        assert c.getStatus() == Status.ALIVE
+
+
+def test_rate_limit_answers_429_with_retry_after(gateway, upstreams):
+    from gateway.config import RateLimitConfig
+
+    (addr, _), = upstreams(1)
+    host, port = gateway(upstreams={"Cache": [addr]},
+                         rate_limits={"Cache": RateLimitConfig(rate_per_s=0.5, burst=3)}).address
+    with client(host, port, "framed-binary", "Cache") as c:
+        got = []
+        for _ in range(5):
+            try:
+                c.get("k", None)
+                got.append(0)
+            except ServiceError as e:
+                got.append(e.code)
+                assert e.retryable is True and e.retry_after_ms and e.retry_after_ms > 0
+        assert got == [0, 0, 0, 429, 429]
+    # Other services of the same caller are not limited.
+    with client(host, port, "framed-binary", "Base") as c:
+        assert c.getStatus() == Status.ALIVE
+
+
+def _get_request(key: str, seqid: int = 7, service: str = "Cache") -> bytes:
+    buf = TMemoryBuffer()
+    proto = TMultiplexedProtocol(TBinaryProtocol(buf), service)
+    client = Cache.Client(proto)
+    client._seqid = seqid
+    client.send_get(key, None)
+    body = buf.getvalue()
+    return struct.pack(">i", len(body)) + body
+
+
+def _read_frame(sock: socket.socket) -> bytes:
+    head = b""
+    while len(head) < 4:
+        chunk = sock.recv(4 - len(head))
+        assert chunk, "gateway closed the connection"
+        head += chunk
+    size = struct.unpack(">i", head)[0]
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk
+        data += chunk
+    return data
+
+
+def _result(frame: bytes) -> Cache.get_result:
+    from thrift.Thrift import TMessageType
+
+    proto = TBinaryProtocol(TMemoryBuffer(frame))
+    name, mtype, seqid = proto.readMessageBegin()
+    if mtype == TMessageType.EXCEPTION:
+        exc = TApplicationException()
+        exc.read(proto)
+        raise exc
+    result = Cache.get_result()
+    result.read(proto)
+    result.seqid = seqid
+    result.name = name
+    return result
+
+
+def test_too_large_is_413_and_the_connection_survives(gateway, upstreams):
+    (addr, _), = upstreams(1)
+    host, port = gateway(upstreams={"Cache": [addr]}, max_frame_bytes=10_000).address
+    with socket.create_connection((host, port)) as sock:
+        sock.sendall(_get_request("x" * 50_000, seqid=3))
+        result = _result(_read_frame(sock))
+        assert (result.seqid, result.name) == (3, "get")
+        assert result.err.code == ErrorCode.PAYLOAD_TOO_LARGE
+        sock.sendall(_get_request("small", seqid=4))
+        result = _result(_read_frame(sock))
+        assert result.seqid == 4 and result.success.value == b"small"
+
+
+def test_pipelined_callers_get_their_own_seqids(gateway, upstreams):
+    (addr, _), = upstreams(1)
+    host, port = gateway(upstreams={"Cache": [addr]}).address
+    with socket.create_connection((host, port)) as sock:
+        sock.sendall(b"".join(_get_request(f"k{i}", seqid=100 + i) for i in range(10)))
+        for i in range(10):
+            result = _result(_read_frame(sock))
+            assert (result.seqid, result.success.value) == (100 + i, f"k{i}".encode())
+            # The bare name, as Apache's multiplexed processor answers (Go and Node check it).
+            assert result.name == "get"
+
+
+def test_malformed_body_in_a_whole_frame_keeps_the_connection(gateway, upstreams):
+    (addr, _), = upstreams(1)
+    host, port = gateway(upstreams={"Cache": [addr]}).address
+    with socket.create_connection((host, port)) as sock:
+        bad = b"\x82\x21\x05\x09Cache:get\xff\xff\xff"  # compact with a broken body
+        sock.sendall(struct.pack(">i", len(bad)) + bad)
+        reply = _read_frame(sock)
+        assert reply[0] == 0x82  # answered in the caller's protocol
+        sock.sendall(_get_request("fine", seqid=9))
+        assert _result(_read_frame(sock)).success.value == b"fine"
+
+
+@pytest.mark.parametrize("links", [8, 2])
+def test_concurrent_callers_share_pooled_connections(gateway, upstreams, links):
+    import gevent
+
+    (addr, _), = upstreams(1)
+    gw = gateway(upstreams={"Cache": [addr]}, connections_per_instance=links)
+    host, port = gw.address
+    got: list[bool] = []
+
+    def caller(n: int) -> None:
+        with client(host, port, "framed-binary", "Cache") as c:
+            for i in range(20):
+                got.append(c.get(f"c{n}-{i}", None).value == f"c{n}-{i}".encode())
+
+    gevent.joinall([gevent.spawn(caller, n) for n in range(40)], timeout=60, raise_error=True)
+    assert got == [True] * 800
+    # Forty callers were carried by the few upstream connections allowed (plus the probe).
+    assert 1 <= gw.metrics.counters["gateway_upstream_connections_opened"] <= links + 1
