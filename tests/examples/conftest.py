@@ -1,7 +1,7 @@
 """One glammp for every example: `glammp serve` as a real process, its own gearmand, a Python
-`glammp worker` serving the `reverse` function the examples call, and with
-`GLAMMP_EXAMPLES_FRONT=gateway` a `glammp gateway` in front of it, which the examples then
-call (and a second, TLS gateway for the TLS tests).
+`glammp worker` serving the `reverse` function the examples call, and a `glammp gateway` in
+front of it, which the examples call (and a second, TLS gateway for the TLS tests), as callers
+do in production. `GLAMMP_EXAMPLES_FRONT=serve` points them at glammp serve directly.
 
 The examples are built once per session with `make -C examples build` (stubs for every language,
 the Java classes, the Go binary, the npm packages); make skips what is up to date in build/.
@@ -43,7 +43,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, str]]] = {
     "perl": (["perl", "examples/perl/example.pl"], {}),
 }
 #: What the examples call: "serve" (glammp serve's port) or "gateway" (a gateway in front).
-FRONT = os.environ.get("GLAMMP_EXAMPLES_FRONT", "serve")
+FRONT = os.environ.get("GLAMMP_EXAMPLES_FRONT", "gateway")
 #: Seconds for building every example (javac and go build dominate) and for one example's run.
 BUILD_TIMEOUT_S = 240
 RUN_TIMEOUT_S = 120
