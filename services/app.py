@@ -111,6 +111,13 @@ class LocalBackends:
             raise
 
     def _start(self, raw: dict[str, Any]) -> None:
+        self._start_backends(raw)
+        # The cache's read-through (get_or_compute) runs its loaders on the same gearmands.
+        servers = raw.get("jobs", {}).get("servers")
+        if servers:
+            raw.setdefault("cache", {}).setdefault("gearman_servers", list(servers))
+
+    def _start_backends(self, raw: dict[str, Any]) -> None:
         cache = raw.setdefault("cache", {})
         if self.config.memcached and not cache.get("pools"):
             from services.cache.local import memcached_argv

@@ -40,7 +40,7 @@ from typing import NamedTuple, TypeVar
 import gevent
 
 from services.cache import codec
-from services.cache.protocol import Connection, ServerReplyError
+from services.cache.protocol import Connection, MetaReply, ServerReplyError
 from services.cache.ring import Node, Ring
 from services.cache.server import Server, ServerSettings, ValueTuple
 from services.core import errors
@@ -117,17 +117,31 @@ class Cluster:
         source = self.prefix + hash_key if self.hash_with_prefix else hash_key
         return self.servers[ring.index_for(source)]
 
-    def resolve(self, key: str, server_key: str | None = None) -> Key:
-        """Validates `key` (and `server_key`, pecl's *ByKey) and picks the server; 400/503."""
-        wire = codec.check_key(key, self.prefix)
+    def resolve(self, key: str, server_key: str | None = None, ns: str = "") -> Key:
+        """Validates `key` (and `server_key`, pecl's *ByKey) and picks the server; 400/503.
+        `ns` is a namespace's versioned key prefix (`services.cache.namespace`): it is part
+        of the key sent and hashed, and counts toward the 250-byte limit, while `Key.name`
+        stays the caller's key."""
+        wire = codec.check_key(ns + key, self.prefix) if ns else codec.check_key(key, self.prefix)
         if server_key is None:
             hashed = wire[len(self.prefix) :]
         else:
             hashed = codec.check_key(server_key, what="server_key")
         return Key(key, wire, self.server_for(hashed))
 
-    def resolve_many(self, names: Sequence[str], server_key: str | None = None) -> list[Key]:
+    def adopt(self, key: Key, source: Cluster) -> Key:
+        """`key` of the `source` pool as this pool stores it (this pool's prefix and ring, the
+        same caller name), for routes between pools (gutter, replicas). 400 when this
+        pool's prefix makes it too long."""
+        moved = self.resolve(key.wire[len(source.prefix):].decode())
+        return Key(key.name, moved.wire, moved.server)
+
+    def resolve_many(
+        self, names: Sequence[str], server_key: str | None = None, ns: str = ""
+    ) -> list[Key]:
         """`resolve` for many keys (the multi-key hot path: same checks, fewer calls)."""
+        if ns:
+            return [self.resolve(name, server_key, ns) for name in names]
         prefix = self.prefix
         room = codec.MAX_KEY_BYTES - len(prefix)
         fixed = self.resolve(names[0], server_key).server if server_key and names else None
@@ -161,21 +175,41 @@ class Cluster:
         """wire key -> (flags, value, cas) for the hits; one ``gets`` per server, in parallel.
         `keys` must be distinct. The first server error is raised (after every server
         answered or failed)."""
+        found, failed = self.fetch_many(keys, deadline)
+        if failed:
+            raise next(iter(failed.values()))
+        return found
+
+    def fetch_many(
+        self, keys: Sequence[Key], deadline: float, command: bytes = b"gets"
+    ) -> tuple[dict[bytes, ValueTuple], dict[Server, ServiceError]]:
+        """Like `get_many` (`command` may be ``gats <ttl>``), but a failing server does not
+        hide the others' answers: (hits, the ServiceError of each server that failed)."""
         groups = _group(keys)
         results = self._fan_out(
             groups,
             lambda server, ks: server.call(
-                lambda c, dl: c.retrieve(b"gets", [k.wire for k in ks], dl),
+                lambda c, dl: c.retrieve(command, [k.wire for k in ks], dl),
                 deadline,
                 idempotent=True,
             ),
         )
         found: dict[bytes, ValueTuple] = {}
-        for part in results.values():
+        failed: dict[Server, ServiceError] = {}
+        for server, part in results.items():
             if isinstance(part, ServiceError):
-                raise part
-            found.update(part)
-        return found
+                failed[server] = part
+            else:
+                found.update(part)
+        return found, failed
+
+    def meta(
+        self, key: Key, verb: bytes, flags: bytes, deadline: float, idempotent: bool
+    ) -> MetaReply:
+        """One meta command (`verb` ``mg``/``md``/``ma``) on the key's server: ``verb key
+        flags`` (e.g. flags ``v c f t N30``), its parsed reply."""
+        line = verb + b" " + key.wire + (b" " + flags if flags else b"")
+        return key.server.call(lambda c, dl: c.meta(line, dl), deadline, idempotent=idempotent)
 
     def get_and_touch(self, key: Key, ttl: int, deadline: float) -> ValueTuple | None:
         check_ttl(ttl)
@@ -305,7 +339,15 @@ class Cluster:
                 return {server: run(server, group)}
             except ServiceError as e:
                 return {server: e}
-        greenlets = {s: gevent.spawn(run, s, g) for s, g in groups.items()}
+        def guarded(server: Server, group: list[R]) -> T | ServiceError:
+            # A ServiceError is an answer, not a crash: returned, so that gevent's hub does
+            # not print it as an unhandled greenlet error.
+            try:
+                return run(server, group)
+            except ServiceError as e:
+                return e
+
+        greenlets = {s: gevent.spawn(guarded, s, g) for s, g in groups.items()}
         try:
             gevent.joinall(list(greenlets.values()))
         finally:

@@ -50,12 +50,22 @@ TYPE_MASK = 0xF
 FLAG_COMPRESSED = 1 << 4
 FLAG_ZLIB = 2 << 4
 FLAG_FASTLZ = 4 << 4
+#: glammp's own internal-flag bits (pecl uses bits 4-7 of the internal range): the item is a
+#: large-value manifest (`services.cache.largevalue`), or its payload starts with a read-through
+#: envelope (`pack_envelope`). pecl reads such items as their type's raw bytes.
+FLAG_ENVELOPE = 1 << 13
+FLAG_LARGE = 1 << 14
+#: The bits Item.flags never shows (they describe glammp's storage, not the value).
+INTERNAL_FLAGS = FLAG_ENVELOPE | FLAG_LARGE
 USER_FLAGS_SHIFT = 16
 MAX_USER_FLAGS = 0xFFFF
 
 COMPRESSION_TYPES = ("fastlz", "zlib")
 
 _LEN = struct.Struct("<I")
+#: Envelope: magic, recompute cost (delta) in ms, expiry as Unix time in ms (0: never).
+_ENVELOPE = struct.Struct(">4sIQ")
+ENVELOPE_MAGIC = b"GLE1"
 _LONG = re.compile(rb"-?[0-9]+\Z")
 _DOUBLE = re.compile(rb"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\Z|-?INF\Z|NAN\Z")
 _PRINTABLE = re.compile(rb"[\x21-\x7e]+\Z")
@@ -215,3 +225,18 @@ def value_type(flags: int) -> int:
 
 def user_flags_of(flags: int) -> int:
     return (flags >> USER_FLAGS_SHIFT) & MAX_USER_FLAGS
+
+
+def pack_envelope(payload: bytes, delta_ms: int, expiry_ms: int) -> bytes:
+    """`payload` behind a read-through envelope: how long the value took to compute (ms,
+    clamped to 32 bits) and when it expires (Unix ms, 0 = never), for XFetch."""
+    return _ENVELOPE.pack(ENVELOPE_MAGIC, min(max(delta_ms, 0), 2**32 - 1), expiry_ms) + payload
+
+
+def unpack_envelope(data: bytes, key: str = "") -> tuple[bytes, int, int]:
+    """(payload, delta_ms, expiry_ms) of an enveloped item; ServiceError(502) if malformed."""
+    if len(data) < _ENVELOPE.size or data[:4] != ENVELOPE_MAGIC:
+        raise errors.bad_gateway(f"item {key!r} is flagged enveloped but has no envelope",
+                                 key=key)
+    _, delta_ms, expiry_ms = _ENVELOPE.unpack_from(data)
+    return data[_ENVELOPE.size :], delta_ms, expiry_ms

@@ -26,6 +26,7 @@ import gevent
 from gevent.lock import Semaphore
 
 from services.cache.server import Server
+from services.core.context import current_call
 from services.core.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ DEFAULT_MAX_BYTES = 512 * 1024
 DEFAULT_DELAY_S = 0.005
 #: I/O deadline of one flush, seconds.
 DEFAULT_FLUSH_TIMEOUT_S = 2.0
+#: Where a connection keeps its buffer (`ConnectionState.state`).
+_BUFFER_KEY = "cache.oneway"
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,48 @@ class WriteBuffer:
             batch, self._pending, self._bytes = self._pending, [], 0
             if batch:
                 send(batch, self.stats, self.flush_timeout_s)
+
+
+class ConnectionBuffers:
+    """The oneway buffers of one handler: one `WriteBuffer` per Thrift connection (kept in
+    the connection's state and flushed when it closes); a direct call (no connection) sends
+    at once."""
+
+    def __init__(self, stats: WriteStats, max_ops: int, max_bytes: int, delay_s: float,
+                 flush_timeout_s: float) -> None:
+        self.stats = stats
+        self.max_ops = max_ops
+        self.max_bytes = max_bytes
+        self.delay_s = delay_s
+        self.flush_timeout_s = flush_timeout_s
+
+    def flush_current(self) -> None:
+        """Sends the calling connection's buffered writes (before it is served anything
+        else, so it reads its own writes)."""
+        ctx = current_call()
+        if ctx is not None:
+            buf = ctx.connection.state.get(_BUFFER_KEY)
+            if buf is not None and len(buf):
+                buf.flush()
+
+    def enqueue(self, write: PendingWrite) -> None:
+        ctx = current_call()
+        if ctx is None:
+            send([write], self.stats, self.flush_timeout_s)
+            return
+        buf = ctx.connection.state.get(_BUFFER_KEY)
+        if buf is None:
+            buf = WriteBuffer(self.stats, self.max_ops, self.max_bytes, self.delay_s,
+                              self.flush_timeout_s)
+            ctx.connection.state[_BUFFER_KEY] = buf
+            ctx.connection.on_close(buf.flush)
+        buf.add(write)
+
+    def rejected(self, key: str, e: ServiceError) -> None:
+        """Counts a oneway write refused before it was buffered (a bad key or value)."""
+        self.stats.failed += 1
+        self.stats.last_error = e.message
+        log.warning("oneway write of %r rejected: %s", key[:80], e.message)
 
 
 def send(batch: list[PendingWrite], stats: WriteStats, timeout_s: float) -> None:

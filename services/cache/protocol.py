@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from gevent import socket
 
@@ -32,6 +33,7 @@ from gevent import socket
 RECV_BYTES = 256 * 1024
 #: A VALUE header of a get/gets/gat/gats reply: key, flags, bytes, optional cas.
 _VALUE_LINE = re.compile(rb"VALUE (\S+) ([0-9]+) ([0-9]+)(?: ([0-9]+))?\r\n")
+_META_STATUSES = frozenset({b"VA", b"HD", b"EN", b"NF", b"NS", b"EX"})
 #: A connection's buffer is compacted once this many consumed bytes pile up at its front.
 COMPACT_BYTES = 64 * 1024
 
@@ -75,6 +77,27 @@ class ServerReplyError(Exception):
         super().__init__(line.decode("latin-1"))
         self.line = line
         self.reusable = reusable
+
+
+class MetaReply(NamedTuple):
+    """A meta-command reply: `status` (``VA``, ``HD``, ``EN``, ``NF``, ``NS``, ``EX``), the
+    return flags as letter -> token (``{b"c": b"17", b"W": b""}``) and the value of a ``VA``
+    (None otherwise)."""
+
+    status: bytes
+    flags: dict[bytes, bytes]
+    value: bytes | None
+
+    def flag(self, letter: bytes) -> bytes | None:
+        return self.flags.get(letter)
+
+    def number(self, letter: bytes) -> int:
+        """The integer token of a return flag (``c``, ``f``, ``t``); 0 when absent."""
+        token = self.flags.get(letter)
+        try:
+            return int(token) if token else 0
+        except ValueError:
+            raise ProtocolError(f"meta flag {letter!r} is not a number: {token!r}") from None
 
 
 def _remaining(deadline: float) -> float:
@@ -274,6 +297,22 @@ class Connection:
         except ValueError:
             raise ProtocolError(f"non-numeric counter reply to {line[:80]!r}") from None
 
+    def meta(self, line: bytes, deadline: float) -> MetaReply:
+        """One meta command (``mg``/``md``/``ma``/``ms`` without a data block) and its reply."""
+        self.send(line + b"\r\n", deadline)
+        head = self.reply(deadline)
+        parts = head.split()
+        if not parts or parts[0] not in _META_STATUSES:
+            raise ProtocolError(f"unexpected meta reply: {head[:80]!r}")
+        value = None
+        tokens = parts[1:]
+        if parts[0] == b"VA":
+            if not tokens or not tokens[0].isdigit():
+                raise ProtocolError(f"meta VA without a size: {head[:80]!r}")
+            value = self.read_block(int(tokens[0]), deadline)
+            tokens = tokens[1:]
+        return MetaReply(parts[0], {t[:1]: t[1:] for t in tokens}, value)
+
     def stats(self, group: bytes, deadline: float) -> dict[str, str]:
         """``stats [group]``: name -> value, read until ``END``. ``STAT``/``ITEM`` lines give
         their name; other lines (``stats detail dump``'s ``PREFIX p ...``) are keyed by their
@@ -307,4 +346,5 @@ def storage_command(
     head = b"%s %s %d %d %d" % (verb, key, flags, exptime, len(value))
     if verb == b"cas":
         head += b" %d" % cas
-    return head + b"\r\n" + value + b"\r\n"
+    # One copy of the value (``a + b + c`` would copy a large value twice).
+    return b"".join((head, b"\r\n", value, b"\r\n"))

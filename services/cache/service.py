@@ -1,9 +1,16 @@
-"""The Cache Thrift service: pecl/memcached's API over named memcached pools.
+"""The Cache Thrift service: pecl/memcached's API over named memcached pools, and more.
 
-`create(CacheConfig)` builds one `Cluster` per configured pool; `CacheHandler` implements the
-issue-3 methods of ``idl/cache.thrift``. Methods of the "cache beyond" issue
-(``get_or_compute``, ``invalidate_namespace``, ``rate_limit``) and ``Target.ns`` are not
-implemented yet: the methods are absent (the server answers 501) and ``Target.ns`` is a 501.
+`create(CacheConfig)` builds one `Cluster` per configured pool; `CacheHandler` implements
+``idl/cache.thrift``: pecl/memcached's methods, and beyond them namespaces (`Target.ns`,
+`invalidate_namespace`; see `services.cache.namespace`), fixed-window rate limits
+(`services.cache.ratelimit`), values larger than a memcached item (split transparently, see
+`services.cache.largevalue`), read-through with stampede protection (`get_or_compute`,
+`services.cache.readthrough`), an in-process L1 for hot prefixes (`services.cache.hotcache`)
+and routes between pools: replicas, gutter and warm-up (`services.cache.routes`).
+
+get_multi returns what it got: keys on a server that failed are misses (counted in
+``cache.<pool>.partial_misses``), as pecl's getMulti returns the items it could read; only
+when every server asked failed is the first failure raised.
 
 Deadlines: a call served by the Thrift server has a `CallContext` whose deadline bounds every
 memcached request; a direct call (tests, embedding) uses `CacheConfig.default_deadline_ms`.
@@ -18,8 +25,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 
 import glammp.cache.Cache
 from glammp.base.ttypes import Status
@@ -28,6 +35,8 @@ from glammp.cache.ttypes import (
     CounterOptions,
     Entry,
     Item,
+    Loader,
+    RateLimit,
     ReadOptions,
     StoreResult,
     Target,
@@ -35,21 +44,26 @@ from glammp.cache.ttypes import (
     WriteOptions,
 )
 from glammp.cache.ttypes import Server as ServerInfo
-from services.cache import codec, oneway
+from services.cache import codec, namespace, oneway, ratelimit
 from services.cache.client import Cluster, Key
-from services.cache.protocol import storage_command
-from services.cache.ring import DISTRIBUTIONS, Node
-from services.cache.server import (
-    DEFAULT_BATCH_MAX_KEYS,
-    DEFAULT_BATCHERS,
-    DEFAULT_FAILURE_LIMIT,
-    DEFAULT_POOL_SIZE,
-    ServerSettings,
-    ValueTuple,
+from services.cache.config import (  # re-exported: the filestore and tests import them here
+    DEFAULT_POOL,
+    DEFAULT_SERVER,
+    CacheConfig,
+    PoolConfig,
+    build_cluster,
 )
+from services.cache.items import ItemStore, as_bytes
+from services.cache.protocol import storage_command
+from services.cache.readthrough import ReadThrough, Stored
+from services.cache.routes import Routes
+from services.cache.server import ValueTuple
 from services.core import errors
 from services.core.context import current_call
 from services.core.errors import ServiceError
+
+__all__ = ["DEFAULT_POOL", "DEFAULT_SERVER", "CacheConfig", "CacheHandler", "PoolConfig",
+           "build_cluster", "create"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +81,8 @@ DEADLINES_MS: dict[str, int] = {
     "stats": 10000,
     "versions": 5000,
     "flush": 10000,
+    # Callers of get_or_compute may wait for a loader.
+    "get_or_compute": 30000,
 }
 
 #: Safe to retry after a timeout: repeating them leaves the same state.
@@ -74,22 +90,10 @@ IDEMPOTENT: frozenset[str] = frozenset(
     {
         "get", "get_multi", "get_and_touch", "put", "put_multi", "touch", "remove",
         "remove_multi", "server_for_key", "servers", "stats", "versions", "flush",
+        "get_or_compute", "invalidate_namespace",
     }
 )
 
-DEFAULT_POOL = "default"
-#: The server a pool uses when the config names none: a local memcached on its default port.
-DEFAULT_SERVER = "127.0.0.1:11211"
-DEFAULT_DEADLINE_MS = 5000
-DEFAULT_CONNECT_TIMEOUT_MS = 1000
-DEFAULT_IO_TIMEOUT_MS = 2000
-DEFAULT_RETRY_TIMEOUT_MS = 2000
-DEFAULT_ASYNC_MAX_OPS = oneway.DEFAULT_MAX_OPS
-DEFAULT_ASYNC_MAX_BYTES = oneway.DEFAULT_MAX_BYTES
-DEFAULT_ASYNC_DELAY_MS = 5
-DEFAULT_ASYNC_TIMEOUT_MS = 2000
-
-_BUFFER_KEY = "cache.oneway"
 _STORE_RESULTS = {
     b"STORED": StoreResult.STORED,
     b"NOT_STORED": StoreResult.NOT_STORED,
@@ -101,98 +105,8 @@ _U64_MASK = 2**64 - 1
 _STATS_GROUP = re.compile(rb"[A-Za-z0-9_]{1,32}(?: [A-Za-z0-9_]{1,32}){0,2}\Z")
 
 
-@dataclass(frozen=True)
-class PoolConfig:
-    """One named memcached pool (``[cache.pools.<name>]``).
-
-    servers: ``host:port`` or ``host:port:weight``, in the order PHP's addServer calls use
-    (the host string is hashed as written). distribution: ketama (PHP
-    OPT_LIBKETAMA_COMPATIBLE), consistent, or modula (PHP's default). prefix: OPT_PREFIX_KEY;
-    hash_with_prefix: OPT_HASH_WITH_PREFIX_KEY. eject: OPT_REMOVE_FAILED_SERVERS.
-    compression: the default of WriteOptions.compress (PHP's OPT_COMPRESSION defaults to on).
-    """
-
-    servers: list[str] = field(default_factory=lambda: [DEFAULT_SERVER])
-    distribution: str = "ketama"
-    prefix: str = ""
-    hash_with_prefix: bool = False
-    eject: bool = False
-    failure_limit: int = DEFAULT_FAILURE_LIMIT
-    retry_timeout_ms: int = DEFAULT_RETRY_TIMEOUT_MS
-    connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS
-    io_timeout_ms: int = DEFAULT_IO_TIMEOUT_MS
-    pool_size: int = DEFAULT_POOL_SIZE
-    batch_max_keys: int = DEFAULT_BATCH_MAX_KEYS
-    batchers: int = DEFAULT_BATCHERS
-    compression: bool = False
-    compression_type: str = "fastlz"
-    compression_threshold: int = codec.DEFAULT_COMPRESSION_THRESHOLD
-
-    def validate(self) -> None:
-        if not self.servers:
-            raise ValueError("servers: at least one server is needed")
-        for spec in self.servers:
-            Node.parse(spec)
-        if self.distribution not in DISTRIBUTIONS:
-            raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}")
-        if self.compression_type not in codec.COMPRESSION_TYPES:
-            raise ValueError(
-                f"compression_type must be one of {', '.join(codec.COMPRESSION_TYPES)}"
-            )
-        codec.check_prefix(self.prefix)
-        for name in ("failure_limit", "pool_size", "batch_max_keys", "batchers",
-                     "retry_timeout_ms", "connect_timeout_ms", "io_timeout_ms"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.compression_threshold < 0:
-            raise ValueError("compression_threshold must be >= 0")
-
-    def settings(self) -> ServerSettings:
-        return ServerSettings(
-            pool_size=self.pool_size,
-            connect_timeout_s=self.connect_timeout_ms / 1000,
-            io_timeout_s=self.io_timeout_ms / 1000,
-            failure_limit=self.failure_limit,
-            retry_timeout_s=self.retry_timeout_ms / 1000,
-            batch_max_keys=self.batch_max_keys,
-            batchers=self.batchers,
-        )
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    """The ``[cache]`` section: pools plus oneway-buffer and deadline defaults."""
-
-    pools: dict[str, PoolConfig] = field(default_factory=lambda: {DEFAULT_POOL: PoolConfig()})
-    default_pool: str = DEFAULT_POOL
-    default_deadline_ms: int = DEFAULT_DEADLINE_MS
-    async_max_ops: int = DEFAULT_ASYNC_MAX_OPS
-    async_max_bytes: int = DEFAULT_ASYNC_MAX_BYTES
-    async_delay_ms: int = DEFAULT_ASYNC_DELAY_MS
-    async_timeout_ms: int = DEFAULT_ASYNC_TIMEOUT_MS
-
-    def validate(self) -> None:
-        if self.default_pool not in self.pools:
-            raise ValueError(f"default_pool {self.default_pool!r} is not in pools")
-        if min(self.default_deadline_ms, self.async_max_ops, self.async_max_bytes,
-               self.async_timeout_ms) < 1 or self.async_delay_ms < 0:
-            raise ValueError("deadlines, async limits and delays must be positive")
-
-
 def create(config: CacheConfig) -> CacheHandler:
     return CacheHandler(config)
-
-
-def build_cluster(name: str, pool: PoolConfig) -> Cluster:
-    return Cluster(
-        name,
-        [Node.parse(s) for s in pool.servers],
-        distribution=pool.distribution,
-        prefix=codec.check_prefix(pool.prefix),
-        hash_with_prefix=pool.hash_with_prefix,
-        eject=pool.eject,
-        settings=pool.settings(),
-    )
 
 
 class CacheHandler:
@@ -201,7 +115,21 @@ class CacheHandler:
     def __init__(self, config: CacheConfig) -> None:
         self.config = config
         self.pools = {name: build_cluster(name, p) for name, p in config.pools.items()}
+        self.items = ItemStore(config)
+        self.large = self.items.large
+        self.hot = self.items.hot
+        self.partial_misses = dict.fromkeys(config.pools, 0)
+        self.routes = Routes(self.pools, config, self.items)
         self.oneway_stats = oneway.WriteStats()
+        self.oneway = oneway.ConnectionBuffers(
+            self.oneway_stats, config.async_max_ops, config.async_max_bytes,
+            config.async_delay_ms / 1000, config.async_timeout_ms / 1000,
+        )
+        self.readthrough = ReadThrough(
+            self.items, list(config.gearman_servers), lease_ttl_ms=config.lease_ttl_ms,
+            poll_max_ms=config.poll_max_ms, load_timeout_ms=config.load_timeout_ms,
+            beta=config.xfetch_beta,
+        )
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -213,11 +141,7 @@ class CacheHandler:
 
     def _begin(self) -> None:
         """Flushes this connection's oneway writes before serving another call."""
-        ctx = current_call()
-        if ctx is not None:
-            buf = ctx.connection.state.get(_BUFFER_KEY)
-            if buf is not None and len(buf):
-                buf.flush()
+        self.oneway.flush_current()
 
     def _pool(self, name: str | None) -> Cluster:
         name = name or self.config.default_pool
@@ -226,79 +150,124 @@ class CacheHandler:
         except KeyError:
             raise errors.not_found(f"no cache pool named {name!r}", pool=name) from None
 
-    def _target(self, target: Target | None) -> tuple[Cluster, str | None]:
+    def _target(self, target: Target | None) -> tuple[Cluster, str | None, str]:
+        """(pool, server key, namespace key prefix) of a call; the prefix costs one round trip
+        to the namespace's version counter (`services.cache.namespace`)."""
         if target is None:
-            return self._pool(None), None
+            return self._pool(None), None, ""
+        cluster = self._pool(target.pool)
+        ns = ""
         if target.ns is not None:
-            raise errors.not_implemented("Target.ns (cache namespaces)")
-        return self._pool(target.pool), target.server_key
+            ns = namespace.key_prefix(cluster, target.ns, self._deadline())
+        return cluster, target.server_key, ns
 
     def _resolve(self, key: str, target: Target | None) -> tuple[Cluster, Key]:
-        cluster, server_key = self._target(target)
-        return cluster, cluster.resolve(key, server_key)
-
-    def _item(self, key: str, found: ValueTuple | None, decompress: bool) -> Item:
-        if found is None:
-            return Item(key, False, b"", 0, ValueType.STRING, 0, 0)
-        flags, payload, cas = found
-        if cas >= 2**63:
-            cas -= _I64
-        if not flags:
-            return Item(key, True, payload, 0, ValueType.STRING, 0, cas)
-        value = codec.decode(payload, flags, key) if decompress else payload
-        return Item(key, True, value, flags, codec.value_type(flags), codec.user_flags_of(flags),
-                    cas)
-
-    def _encode(self, cluster: Cluster, value: bytes, opts: WriteOptions | None,
-                vtype: int | None = None, user_flags: int | None = None) -> tuple[bytes, int]:
-        pool = self.config.pools[cluster.name]
-        compress = pool.compression if opts is None or opts.compress is None else opts.compress
-        if vtype is None:
-            vtype = ValueType.STRING if opts is None or opts.type is None else opts.type
-        if user_flags is None:
-            user_flags = 0 if opts is None or opts.user_flags is None else opts.user_flags
-        return codec.encode(
-            _bytes(value), vtype, user_flags, compress, pool.compression_type,
-            pool.compression_threshold,
-        )
+        cluster, server_key, ns = self._target(target)
+        return cluster, cluster.resolve(key, server_key, ns)
 
     # -- reads -----------------------------------------------------------------------------
 
     def get(self, key: str, opts: ReadOptions | None) -> Item:
+        """Through the pool's L1 for hot keys, and its warm-up pool on a miss."""
         self._begin()
-        cluster, k = self._resolve(key, opts.target if opts else None)
-        return self._item(key, cluster.get(k, self._deadline()), _decompress(opts))
+        cluster, server_key, ns = self._target(opts.target if opts else None)
+        k = cluster.resolve(key, server_key, ns)
+        hot = self.hot[cluster.name]
+        wanted = hot.wanted(key)
+        wire = k.wire
+        if wanted:
+            copy = hot.get(wire)
+            if copy is not None:
+                return self.items.item(key, copy, _decompress(opts))
+            epoch = hot.epoch
+        deadline = self._deadline()
+        try:
+            hit = cluster.get(k, deadline)
+        except ServiceError as e:
+            # Read on (large values, warm-up) as the pool that answered; L1 keeps its key.
+            cluster, k, hit = self.routes.read_elsewhere(cluster, k, e, deadline)
+        found: Stored | ValueTuple | None = hit
+        if hit is not None and hit[0] & codec.INTERNAL_FLAGS:
+            found = self.items.read(cluster, k, hit, deadline)
+        elif hit is None:
+            old = self.config.pools[cluster.name].warm_from
+            if old and not ns:
+                found = self.routes.warmup.one(cluster, self.pools[old], k, server_key,
+                                               deadline)
+        if wanted and found is not None:
+            hot.put(wire, found, epoch)
+        return self.items.item(key, found, _decompress(opts))
 
     def get_multi(
         self, keys: Sequence[str], opts: ReadOptions | None, preserve_order: bool | None
     ) -> list[Item]:
+        """Hits (and, with preserve_order, misses) in request order. Keys on a server that
+        failed are misses, counted in ``cache.<pool>.partial_misses``; the first failure is
+        raised only when every server asked failed. Hot keys are answered from the L1."""
         self._begin()
-        cluster, server_key = self._target(opts.target if opts else None)
+        cluster, server_key, ns = self._target(opts.target if opts else None)
         names = list(dict.fromkeys(keys or []))
-        resolved = cluster.resolve_many(names, server_key)
+        resolved = cluster.resolve_many(names, server_key, ns)
         if not resolved:
             return []
-        found = cluster.get_many(resolved, self._deadline())
+        deadline = self._deadline()
+        hot = self.hot[cluster.name]
+        epoch = hot.epoch
+        copies: dict[bytes, Stored | ValueTuple] = {}
+        if hot.prefixes:
+            for k in resolved:
+                copy = hot.get(k.wire) if hot.wanted(k.name) else None
+                if copy is not None:
+                    copies[k.wire] = copy
+        asked = [k for k in resolved if k.wire not in copies] if copies else resolved
+        found, failed = cluster.fetch_many(asked, deadline) if asked else ({}, {})
+        if failed:
+            lost = self.routes.fetch_elsewhere(cluster, asked, failed, found, deadline)
+            if lost and len(lost) == len(asked):
+                raise next(iter(failed.values()))
+            self.partial_misses[cluster.name] += len(lost)
+        old = self.config.pools[cluster.name].warm_from
+        warmed: dict[bytes, Stored] = {}
+        if old and not ns:
+            misses = [k for k in asked if k.wire not in found and k.server not in failed]
+            if misses:
+                warmed = self.routes.warmup.many(cluster, self.pools[old], misses,
+                                                 server_key, deadline)
         decompress = _decompress(opts)
         items: list[Item] = []
         append = items.append
-        for name, wire, _ in resolved:
-            hit = found.get(wire)
+        for k in resolved:
+            name = k.name
+            hit = found.get(k.wire)
             if hit is None:
-                if preserve_order:
+                copy = warmed.get(k.wire) or copies.get(k.wire)
+                if copy is not None:
+                    append(self.items.item(name, copy, decompress))
+                elif preserve_order:
                     append(Item(name, False, b"", 0, ValueType.STRING, 0, 0))
-            elif not hit[0] and hit[2] < 2**63:
+                continue
+            if hot.prefixes and not hit[0] & codec.INTERNAL_FLAGS and hot.wanted(name):
+                hot.put(k.wire, hit, epoch)
+            if not hit[0] and hit[2] < 2**63:
                 # The common case (a plain string item) without the general decoding path.
                 append(Item(name, True, hit[1], 0, ValueType.STRING, 0, hit[2]))
+            elif hit[0] & codec.INTERNAL_FLAGS:
+                stored = self.items.read(cluster, k, hit, deadline)
+                item = self.items.item(name, stored, decompress)
+                if item.found or preserve_order:
+                    append(item)
             else:
-                append(self._item(name, hit, decompress))
+                append(self.items.item(name, hit, decompress))
         return items
 
     def get_and_touch(self, key: str, ttl: int, opts: ReadOptions | None) -> Item:
+        """Also touches a large value's chunks, so they live as long as its manifest."""
         self._begin()
         cluster, k = self._resolve(key, opts.target if opts else None)
-        found = cluster.get_and_touch(k, ttl or 0, self._deadline())
-        return self._item(key, found, _decompress(opts))
+        deadline = self._deadline()
+        found = cluster.get_and_touch(k, ttl or 0, deadline)
+        stored = self.items.read(cluster, k, found, deadline, b"gats %d" % (ttl or 0))
+        return self.items.item(key, stored, _decompress(opts))
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -306,9 +275,29 @@ class CacheHandler:
                cas: int = 0) -> int:
         self._begin()
         cluster, k = self._resolve(key, opts.target if opts else None)
-        payload, flags = self._encode(cluster, value, opts)
+        self.large[cluster.name].check_size(len(as_bytes(value)), key)
+        payload, flags = self.items.encode(cluster, value, opts)
         ttl = opts.ttl if opts is not None and opts.ttl is not None else 0
-        reply = cluster.store(verb, k, payload, flags, ttl, self._deadline(), cas)
+        deadline = self._deadline()
+        replicas = self.routes.replicas
+
+        def mirror(c: Cluster) -> bytes:
+            return self.items.write(b"set", c, c.adopt(k, cluster), payload, flags, ttl, deadline)
+
+        try:
+            reply = self.items.write(verb, cluster, k, payload, flags, ttl, deadline, cas)
+        except ServiceError as e:
+            if verb == b"set" and replicas.of(cluster):
+                return _store_result(replicas.first_success(replicas.mirror(cluster, mirror), e),
+                                     k)
+            gutter = None if verb == b"cas" else self.routes.gutters.take_over(cluster, e)
+            if gutter is None:
+                raise
+            reply = self.items.write(verb, gutter, gutter.adopt(k, cluster), payload,
+                                flags, self.routes.gutters.ttl(cluster, ttl), deadline)
+            return _store_result(reply, k)
+        if reply == b"STORED":
+            replicas.mirror(cluster, mirror)
         return _store_result(reply, k)
 
     def put(self, key: str, value: bytes, opts: WriteOptions | None) -> int:
@@ -337,14 +326,17 @@ class CacheHandler:
         head = k.server.call(lambda c, dl: c.command(line, dl), deadline, idempotent=True)
         if head.startswith(b"HD"):
             flags = int(next((t[1:] for t in head.split()[1:] if t.startswith(b"f")), b"0"))
-            if codec.is_compressed(flags):
+            if codec.is_compressed(flags) or flags & codec.INTERNAL_FLAGS:
                 raise errors.conflict(
-                    f"{verb.decode()} refused: item {key!r} is compressed", key=key,
-                    flags=flags,
+                    f"{verb.decode()} refused: item {key!r} is compressed, large or "
+                    "enveloped", key=key, flags=flags,
                 )
         elif head != b"EN":
             raise errors.bad_gateway(f"unexpected mg reply {head[:80]!r}", key=key)
-        reply = cluster.store(verb, k, _bytes(value), 0, 0, deadline)
+        self.hot[cluster.name].drop((k.wire,))
+        reply = cluster.store(verb, k, as_bytes(value), 0, 0, deadline)
+        if reply == b"STORED":
+            self._invalidate_replicas(cluster, [k], deadline)
         return _store_result(reply, k)
 
     def append(self, key: str, value: bytes, target: Target | None) -> int:
@@ -355,17 +347,34 @@ class CacheHandler:
 
     def put_multi(self, entries: Sequence[Entry], opts: WriteOptions | None) -> dict[str, int]:
         self._begin()
-        cluster, server_key = self._target(opts.target if opts else None)
+        cluster, server_key, ns = self._target(opts.target if opts else None)
         ttl = opts.ttl if opts is not None and opts.ttl is not None else 0
-        items = []
+        large = self.large[cluster.name]
+        items: list[tuple[Key, bytes, int]] = []
+        big: list[tuple[Key, bytes, int]] = []
         for e in entries or []:
-            k = cluster.resolve(e.key, server_key)
-            payload, flags = self._encode(cluster, e.value, opts, e.type, e.user_flags)
-            items.append((k, payload, flags))
-        if not items:
+            k = cluster.resolve(e.key, server_key, ns)
+            large.check_size(len(as_bytes(e.value)), e.key)
+            payload, flags = self.items.encode(cluster, e.value, opts, e.type, e.user_flags)
+            (big if large.needs_split(payload) else items).append((k, payload, flags))
+        if not items and not big:
             return {}
-        replies = cluster.store_many(items, ttl, b"set", self._deadline())
+        deadline = self._deadline()
+        self.hot[cluster.name].drop(k.wire for k, _, _ in items + big)
         out: dict[str, int] = {}
+        for k, payload, flags in big:
+            out[k.name] = _store_result(large.write(cluster, k, b"set", payload, flags, ttl,
+                                                    deadline), k)
+        replies = cluster.store_many(items, ttl, b"set", deadline) if items else {}
+
+        def mirror(c: Cluster) -> None:
+            for k, payload, flags in big:
+                self.items.write(b"set", c, c.adopt(k, cluster), payload, flags, ttl, deadline)
+            if items:
+                c.store_many([(c.adopt(k, cluster), p, f) for k, p, f in items], ttl, b"set",
+                             deadline)
+
+        self.routes.replicas.mirror(cluster, mirror)
         for k, _, _ in items:
             reply = replies[k.wire]
             if isinstance(reply, ServiceError):
@@ -376,20 +385,52 @@ class CacheHandler:
     def touch(self, key: str, ttl: int, target: Target | None) -> bool:
         self._begin()
         cluster, k = self._resolve(key, target)
-        return cluster.touch(k, ttl or 0, self._deadline())
+        deadline = self._deadline()
+        return self._everywhere(cluster, lambda c, ck: c.touch(ck, ttl or 0, deadline), k)
 
     def remove(self, key: str, target: Target | None) -> bool:
         self._begin()
         cluster, k = self._resolve(key, target)
-        return cluster.delete(k, self._deadline())
+        self.hot[cluster.name].drop((k.wire,))
+        deadline = self._deadline()
+        try:
+            return self._everywhere(cluster, lambda c, ck: c.delete(ck, deadline), k)
+        except ServiceError as e:
+            gutter = self.routes.gutters.take_over(cluster, e)
+            if gutter is None:
+                raise
+            return gutter.delete(gutter.adopt(k, cluster), deadline)
+
+    def _everywhere(self, cluster: Cluster, op: Callable[[Cluster, Key], bool],
+                    k: Key) -> bool:
+        """`op` (remove, touch) on the primary, then its replicas; the primary's answer, or a
+        replica's when the primary failed with 503/504 (`services.cache.routes`)."""
+        replicas = self.routes.replicas
+        try:
+            result = op(cluster, k)
+        except ServiceError as e:
+            if not replicas.of(cluster):
+                raise
+            return replicas.first_success(
+                replicas.mirror(cluster, lambda c: op(c, c.adopt(k, cluster))), e)
+        replicas.mirror(cluster, lambda c: op(c, c.adopt(k, cluster)))
+        return result
+
+    def _invalidate_replicas(self, cluster: Cluster, keys: list[Key], deadline: float) -> None:
+        """After a write the replicas cannot repeat: they drop their copies."""
+        self.routes.replicas.mirror(
+            cluster, lambda c: c.delete_many([c.adopt(k, cluster) for k in keys], deadline))
 
     def remove_multi(self, keys: Sequence[str], target: Target | None) -> dict[str, bool]:
         self._begin()
-        cluster, server_key = self._target(target)
-        resolved = cluster.resolve_many(list(dict.fromkeys(keys or [])), server_key)
+        cluster, server_key, ns = self._target(target)
+        resolved = cluster.resolve_many(list(dict.fromkeys(keys or [])), server_key, ns)
         if not resolved:
             return {}
-        replies = cluster.delete_many(resolved, self._deadline())
+        self.hot[cluster.name].drop(k.wire for k in resolved)
+        deadline = self._deadline()
+        replies = cluster.delete_many(resolved, deadline)
+        self._invalidate_replicas(cluster, resolved, deadline)
         out: dict[str, bool] = {}
         for k in resolved:
             reply = replies[k.wire]
@@ -406,7 +447,10 @@ class CacheHandler:
         cluster, k = self._resolve(key, opts.target if opts else None)
         initial = opts.initial if opts is not None else None
         ttl = opts.ttl if opts is not None and opts.ttl is not None else 0
-        value = cluster.arithmetic(k, delta, decrement, initial, ttl, self._deadline())
+        self.hot[cluster.name].drop((k.wire,))
+        deadline = self._deadline()
+        value = cluster.arithmetic(k, delta, decrement, initial, ttl, deadline)
+        self._invalidate_replicas(cluster, [k], deadline)
         if value is None:
             return Counter(found=False, value=0)
         return Counter(found=True, value=value - _I64 if value >= 2**63 else value)
@@ -419,57 +463,79 @@ class CacheHandler:
 
     # -- oneway ----------------------------------------------------------------------------
 
-    def _buffer(self) -> oneway.WriteBuffer | None:
-        ctx = current_call()
-        if ctx is None:
-            return None
-        buf = ctx.connection.state.get(_BUFFER_KEY)
-        if buf is None:
-            buf = oneway.WriteBuffer(
-                self.oneway_stats,
-                max_ops=self.config.async_max_ops,
-                max_bytes=self.config.async_max_bytes,
-                delay_s=self.config.async_delay_ms / 1000,
-                flush_timeout_s=self.config.async_timeout_ms / 1000,
-            )
-            ctx.connection.state[_BUFFER_KEY] = buf
-            ctx.connection.on_close(buf.flush)
-        return buf
-
-    def _enqueue(self, write: oneway.PendingWrite) -> None:
-        buf = self._buffer()
-        if buf is None:
-            oneway.send([write], self.oneway_stats, self.config.async_timeout_ms / 1000)
-        else:
-            buf.add(write)
-
     def put_async(self, key: str, value: bytes, opts: WriteOptions | None) -> None:
+        """A value too big for one item is written at once (after this connection's
+        buffered writes, to keep their order), not buffered."""
         try:
             cluster, k = self._resolve(key, opts.target if opts else None)
-            payload, flags = self._encode(cluster, value, opts)
+            self.large[cluster.name].check_size(len(as_bytes(value)), key)
+            payload, flags = self.items.encode(cluster, value, opts)
             ttl = opts.ttl if opts is not None and opts.ttl is not None else 0
             if ttl < 0:
                 raise errors.bad_request("ttl is negative", argument="ttl")
+            if self.large[cluster.name].needs_split(payload):
+                self._begin()
+                deadline = time.monotonic() + self.config.async_timeout_ms / 1000
+                reply = self.items.write(b"set", cluster, k, payload, flags, ttl, deadline)
+                _store_result(reply, k)
+                self.routes.replicas.mirror(cluster, lambda c: self.items.write(
+                    b"set", c, c.adopt(k, cluster), payload, flags, ttl, deadline))
+                self.oneway_stats.sent += 1
+                return
         except ServiceError as e:
-            self._rejected(key, e)
+            self.oneway.rejected(key, e)
             return
-        command = storage_command(b"set", k.wire, flags, ttl, payload)
-        self._enqueue(oneway.PendingWrite(k.server, key, command, frozenset({b"STORED"})))
+        self.hot[cluster.name].drop((k.wire,))
+        self._enqueue_all(cluster, k, lambda wire: storage_command(b"set", wire, flags, ttl,
+                                                                   payload), {b"STORED"})
 
     def remove_async(self, key: str, target: Target | None) -> None:
         try:
-            _, k = self._resolve(key, target)
+            cluster, k = self._resolve(key, target)
         except ServiceError as e:
-            self._rejected(key, e)
+            self.oneway.rejected(key, e)
             return
-        self._enqueue(oneway.PendingWrite(
-            k.server, key, b"delete " + k.wire + b"\r\n", frozenset({b"DELETED", b"NOT_FOUND"})
-        ))
+        self.hot[cluster.name].drop((k.wire,))
+        self._enqueue_all(cluster, k, lambda wire: b"delete " + wire + b"\r\n",
+                          {b"DELETED", b"NOT_FOUND"})
 
-    def _rejected(self, key: str, e: ServiceError) -> None:
-        self.oneway_stats.failed += 1
-        self.oneway_stats.last_error = e.message
-        log.warning("oneway write of %r rejected: %s", key[:80], e.message)
+    def _enqueue_all(self, cluster: Cluster, k: Key, command: Callable[[bytes], bytes],
+                     ok: set[bytes]) -> None:
+        """Buffers one oneway command for the key's server and its replicas' servers."""
+        targets = [k]
+        for replica in self.routes.replicas.of(cluster):
+            try:
+                targets.append(replica.adopt(k, cluster))
+            except ServiceError as e:
+                self.oneway.rejected(k.name, e)
+        for t in targets:
+            self.oneway.enqueue(
+                oneway.PendingWrite(t.server, k.name, command(t.wire), frozenset(ok)))
+
+    # -- beyond pecl ----------------------------------------------------------------------
+
+    def get_or_compute(self, key: str, loader: Loader, opts: ReadOptions | None) -> Item:
+        """Read-through with stampede protection (`services.cache.readthrough`). A value
+        computed by this call is answered with cas 0."""
+        self._begin()
+        cluster, k = self._resolve(key, opts.target if opts else None)
+        stored = self.readthrough.get_or_compute(cluster, k, loader, self._deadline())
+        return self.items.item(key, stored, _decompress(opts))
+
+    def invalidate_namespace(self, ns: str, pool: str | None) -> None:
+        """Moves the namespace to a new version: every key under it misses from now on."""
+        self._begin()
+        namespace.invalidate(self._pool(pool), ns, self._deadline())
+
+    def rate_limit(self, key: str, limit: int, window_ms: int,
+                   target: Target | None) -> RateLimit:
+        """One attempt in a fixed window (`services.cache.ratelimit`); refusal is
+        allowed=false, not an error."""
+        self._begin()
+        ratelimit.check(limit, window_ms)
+        cluster, server_key, ns = self._target(target)
+        return ratelimit.attempt(cluster, key, limit, window_ms, self._deadline(), server_key,
+                                 ns)
 
     # -- servers and admin -----------------------------------------------------------------
 
@@ -509,6 +575,7 @@ class CacheHandler:
         if delay is not None and delay < 0:
             raise errors.bad_request("delay is negative", argument="delay")
         line = b"flush_all %d" % (delay or 0)
+        self.hot[self._pool(pool).name].clear()
         results = self._pool(pool).each_server(lambda c, dl: c.command(line, dl),
                                                self._deadline())
         for addr, r in results.items():
@@ -529,13 +596,21 @@ class CacheHandler:
         return Status.WARNING, f"memcached down: {', '.join(down)}"
 
     def counters(self) -> dict[str, int]:
-        """Numbers for getCounters: oneway writes and server failures."""
+        """Numbers for getCounters: oneway writes, read-through, large values, partial
+        multi-gets and server failures."""
         out = {
             "cache.oneway.sent": self.oneway_stats.sent,
             "cache.oneway.failed": self.oneway_stats.failed,
             "cache.oneway.flushes": self.oneway_stats.flushes,
         }
+        out.update(_prefixed("cache.readthrough.", asdict(self.readthrough.stats)))
+        out["cache.warmup.copied"] = self.routes.warmup.warmed
+        out["cache.warmup.failures"] = self.routes.warmup.failures
         for name, c in self.pools.items():
+            out[f"cache.{name}.partial_misses"] = self.partial_misses[name]
+            out.update(self.routes.counters(name))
+            out.update(_prefixed(f"cache.{name}.large.", asdict(self.large[name].stats)))
+            out.update(_prefixed(f"cache.{name}.hot.", self.hot[name].counters()))
             for s in c.servers:
                 out[f"cache.{name}.{s.address}.failures"] = s.failure_count
                 out[f"cache.{name}.{s.address}.down"] = int(s.down)
@@ -544,14 +619,13 @@ class CacheHandler:
         return out
 
     def close(self) -> None:
+        self.readthrough.close()
         for cluster in self.pools.values():
             cluster.close()
 
 
-def _bytes(value: bytes | str | None) -> bytes:
-    if value is None:
-        return b""
-    return value.encode() if isinstance(value, str) else value
+def _prefixed(prefix: str, numbers: dict[str, int]) -> dict[str, int]:
+    return {prefix + name: value for name, value in numbers.items()}
 
 
 def _decompress(opts: ReadOptions | None) -> bool:

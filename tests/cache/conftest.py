@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from services.cache.local import memcached_argv
+from services.cache.local import DEFAULT_MEMORY_MB, memcached_argv
 from services.cache.service import CacheConfig, CacheHandler, PoolConfig
 from services.core.children import Child, free_port
 
@@ -27,9 +27,11 @@ PHP_TIMEOUT_S = 60
 MakeHandler = Callable[..., CacheHandler]
 
 
-def start_memcached(tmp: str, port: int | None = None, item_size: str | None = None) -> Child:
+def start_memcached(tmp: str, port: int | None = None, item_size: str | None = None,
+                    memory_mb: int = DEFAULT_MEMORY_MB) -> Child:
     port = port or free_port()
-    child = Child(f"memcached-{port}", memcached_argv(port, item_size=item_size), "127.0.0.1",
+    child = Child(f"memcached-{port}",
+                  memcached_argv(port, item_size=item_size, memory_mb=memory_mb), "127.0.0.1",
                   port, log_path=os.path.join(tmp, f"memcached-{port}.log"))
     return child.start()
 
@@ -90,8 +92,9 @@ def servers(memcacheds: list[Child]) -> list[str]:
 def make_memcached(tmp_path: Any) -> Iterator[Callable[..., Child]]:
     started: list[Child] = []
 
-    def start(port: int | None = None, item_size: str | None = None) -> Child:
-        child = start_memcached(str(tmp_path), port, item_size)
+    def start(port: int | None = None, item_size: str | None = None,
+              memory_mb: int = DEFAULT_MEMORY_MB) -> Child:
+        child = start_memcached(str(tmp_path), port, item_size, memory_mb)
         started.append(child)
         return child
 
@@ -106,11 +109,12 @@ def make_handler() -> Iterator[MakeHandler]:
     made: list[CacheHandler] = []
 
     def build(servers: list[str] | None = None, pools: dict[str, PoolConfig] | None = None,
-              **options: Any) -> CacheHandler:
+              cache: dict[str, Any] | None = None, **options: Any) -> CacheHandler:
+        """`cache`: CacheConfig fields (e.g. gearman_servers)."""
         if pools is None:
             assert servers is not None
             pools = {"default": PoolConfig(servers=list(servers), **options)}
-        handler = CacheHandler(CacheConfig(pools=pools))
+        handler = CacheHandler(CacheConfig(pools=pools, **(cache or {})))
         made.append(handler)
         return handler
 

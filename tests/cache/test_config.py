@@ -45,11 +45,28 @@ def test_parse_pools() -> None:
     ({"pool_size": 0}, "cache.pools.p"),
     ({"eject": "yes"}, "cache.pools.p.eject"),
     ({"unknown": 1}, "cache.pools.p.unknown"),
+    ({"item_size_max_bytes": 100}, "cache.pools.p"),
+    ({"max_value_bytes": 0}, "cache.pools.p"),
 ])
 def test_bad_values_name_the_key(pool: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse(CacheConfig, {"pools": {"p": pool}, "default_pool": "p"}, "cache")
     assert info.value.key == key
+
+
+def test_beyond_pecl_keys() -> None:
+    config = parse(CacheConfig, {
+        "gearman_servers": ["127.0.0.1:4730"], "lease_ttl_ms": 5000, "xfetch_beta": 2,
+        "pools": {"default": {"item_size_max_bytes": 4 * 1024 * 1024,
+                              "max_value_bytes": 1 << 30}},
+    }, "cache")
+    assert config.gearman_servers == ["127.0.0.1:4730"]
+    assert config.xfetch_beta == 2.0
+    assert config.pools["default"].item_size_max_bytes == 4 * 1024 * 1024
+    for bad in ({"gearman_servers": ["nohost"]}, {"xfetch_beta": 0}, {"poll_max_ms": 0}):
+        with pytest.raises(ConfigError) as info:
+            parse(CacheConfig, bad, "cache")
+        assert info.value.key == "cache"
 
 
 def test_default_pool_must_exist() -> None:

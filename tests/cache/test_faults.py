@@ -348,3 +348,32 @@ def test_multi_key_requests_go_to_servers_in_parallel() -> None:
         cluster.close()
         for p in peers:
             p.stop()
+
+
+def test_get_multi_returns_partial_results_when_a_server_dies(
+    make_memcached: Callable[..., Child], make_handler: MakeHandler
+) -> None:
+    children = three(make_memcached)
+    h = make_handler([c.address for c in children], **FAST)
+    keys = [f"p{i}" for i in range(30)]
+    for k in keys:
+        assert h.put(k, b"v" + k.encode(), None) == StoreResult.STORED
+    owner = {k: f"{(s := h.server_for_key(k, None)).host}:{s.port}" for k in keys}
+    victim = children[0]
+    lost = [k for k in keys if owner[k] == victim.address]
+    assert 0 < len(lost) < len(keys)
+    victim.kill9()
+    items = bounded(h.get_multi, keys, None, True)
+    assert [i.key for i in items] == keys  # type: ignore[attr-defined]
+    assert [i.found for i in items] == [k not in lost for k in keys]  # type: ignore[attr-defined]
+    assert [i.value for i in items if i.found] == [  # type: ignore[attr-defined]
+        b"v" + k.encode() for k in keys if k not in lost
+    ]
+    assert h.counters()["cache.default.partial_misses"] == len(lost)
+    # Only the dead server's keys: nothing to return, so its error is raised.
+    err = outcome(h.get_multi, lost, None, True)
+    assert isinstance(err, ServiceError) and err.code == 503
+    for child in children[1:]:
+        child.kill9()
+    err = outcome(h.get_multi, keys, None, True)
+    assert isinstance(err, ServiceError) and err.code == 503

@@ -112,3 +112,27 @@ def test_arithmetic_and_stats() -> None:
     assert conn(b"PREFIX a get 1\r\nEND\r\n").stats(b"detail dump", deadline()) == {
         "PREFIX a": "get 1"}
     assert conn(b"VERSION 1.6.18\r\n").version(deadline()) == "1.6.18"
+
+
+@pytest.mark.parametrize("split", [1, 3, 7, 1000])
+def test_meta_replies(split: int) -> None:
+    raw = b"VA 3 c17 f5 t-1 W X\r\nabc\r\nEN\r\nHD c9\r\n"
+    sock = ScriptedSocket([raw[i:i + split] for i in range(0, len(raw), split)])
+    conn = Connection(sock, "fake:1")  # type: ignore[arg-type]
+    lease = conn.meta(b"mg k v c f t N30", deadline())
+    assert sock.sent == b"mg k v c f t N30\r\n"
+    assert (lease.status, lease.value) == (b"VA", b"abc")
+    assert (lease.number(b"c"), lease.number(b"f"), lease.number(b"t")) == (17, 5, -1)
+    assert lease.flag(b"W") == b"" and lease.flag(b"X") == b"" and lease.flag(b"Z") is None
+    miss = conn.meta(b"mg k v", deadline())
+    assert (miss.status, miss.value, miss.flags) == (b"EN", None, {})
+    assert conn.meta(b"md k q", deadline()).number(b"c") == 9
+
+
+def test_meta_reply_out_of_sync() -> None:
+    conn = Connection(ScriptedSocket([b"STORED\r\n"]), "fake:1")  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError):
+        conn.meta(b"mg k v", deadline())
+    conn = Connection(ScriptedSocket([b"VA x\r\n"]), "fake:1")  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError):
+        conn.meta(b"mg k v", deadline())

@@ -15,7 +15,7 @@ from glammp.cache.ttypes import (
     ValueType,
     WriteOptions,
 )
-from services.cache.service import CacheConfig, PoolConfig
+from services.cache.service import PoolConfig
 from services.core.children import wait_for
 from services.core.context import CallContext, ConnectionState, set_current
 from services.core.errors import ServiceError
@@ -189,7 +189,7 @@ def test_named_pools_servers_and_ns(servers: list[str], make_handler: MakeHandle
     ]
     assert len(h.servers("")) == 2
     assert code_of(h.servers, "nope") == 404
-    assert code_of(h.get, "x", ReadOptions(target=Target(ns="users"))) == 501
+    assert not h.get("x", ReadOptions(target=Target(ns="users"))).found
 
 
 def test_admin_stats_versions_flush(servers: list[str], make_handler: MakeHandler) -> None:
@@ -215,7 +215,12 @@ def test_admin_stats_versions_flush(servers: list[str], make_handler: MakeHandle
 
 
 def test_too_large_is_413(servers: list[str], make_handler: MakeHandler) -> None:
-    h = make_handler(servers)
+    # Over the configured maximum: refused before anything is sent.
+    h = make_handler(servers, max_value_bytes=2 * 1024 * 1024)
+    assert code_of(h.put, "huge", b"x" * (2 * 1024 * 1024 + 1), None) == 413
+    # A pool configured with a larger item size than its memcacheds have: memcached's own
+    # refusal is a 413 too, and the connection stays usable.
+    h = make_handler(servers, item_size_max_bytes=4 * 1024 * 1024)
     with pytest.raises(ServiceError) as info:
         h.put("huge", b"x" * (1024 * 1024 + 10), None)
     assert info.value.code == 413
@@ -229,8 +234,8 @@ def context(conn: ConnectionState) -> CallContext:
 def test_oneway_writes_visible_to_next_call_on_connection(
     servers: list[str], make_handler: MakeHandler
 ) -> None:
-    h = make_handler(pools={"default": PoolConfig(servers=servers)})
-    h.config = CacheConfig(pools=h.config.pools, async_delay_ms=60000)  # no timer flush
+    h = make_handler(pools={"default": PoolConfig(servers=servers)},
+                     cache={"async_delay_ms": 60000})  # no timer flush
     conn = ConnectionState("test-peer")
     set_current(context(conn))
     try:
@@ -260,7 +265,7 @@ def test_oneway_flush_by_timer_size_and_close(
         set_current(None)
     wait_for(lambda: h.get("timer", None).found, 5, 0.01, "timer flush")
 
-    h.config = CacheConfig(pools=h.config.pools, async_delay_ms=60000, async_max_ops=5)
+    h = make_handler(servers, cache={"async_delay_ms": 60000, "async_max_ops": 5})
     conn2 = ConnectionState("peer2")
     set_current(context(conn2))
     try:
@@ -279,13 +284,17 @@ def test_oneway_flush_by_timer_size_and_close(
 def test_oneway_without_context_sends_now_and_counts_failures(
     servers: list[str], make_handler: MakeHandler
 ) -> None:
-    h = make_handler(servers)
+    h = make_handler(servers, max_value_bytes=2 * 1024 * 1024)
     h.put_async("now", b"n", None)
     assert h.get("now", None).found
     h.put_async("bad key", b"x", None)
-    h.put_async("toolarge", b"x" * (1024 * 1024 + 10), None)
+    h.put_async("toolarge", b"x" * (2 * 1024 * 1024 + 10), None)
     assert h.oneway_stats.failed == 2
     assert h.oneway_stats.sent == 1
+    # Above one item but under the maximum: split into chunks, written at once.
+    h.put_async("large", b"y" * (1024 * 1024 + 10), None)
+    assert h.oneway_stats.sent == 2
+    assert h.get("large", None).value == b"y" * (1024 * 1024 + 10)
 
 
 def test_flush_with_delay(servers: list[str], make_handler: MakeHandler) -> None:

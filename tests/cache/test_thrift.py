@@ -13,7 +13,7 @@ from thrift.transport.TSocket import TSocket
 from thrift.transport.TTransport import TFramedTransport
 
 import glammp.cache.Cache
-from glammp.cache.ttypes import Loader, StoreResult, WriteOptions
+from glammp.cache.ttypes import Loader, ReadOptions, StoreResult, Target, WriteOptions
 from glammp.common.ttypes import ServiceError
 from services.cache import service
 from services.core.dispatch import Mount
@@ -70,3 +70,17 @@ def test_errors_reach_the_caller(address: tuple[str, int]) -> None:
             c.get_or_compute("k", Loader(name="f"), None)
         assert info.value.code == 501
         assert c.get("d1", None).found is False  # the connection is still usable
+
+
+def test_beyond_pecl_over_thrift(address: tuple[str, int]) -> None:
+    with cache_client(address) as c:
+        ns = Target(ns="users")
+        assert c.put("u1", b"alice", WriteOptions(target=ns)) == StoreResult.STORED
+        assert c.get("u1", ReadOptions(target=ns)).value == b"alice"
+        c.invalidate_namespace("users", "")
+        assert c.get("u1", ReadOptions(target=ns)).found is False
+        answers = [c.rate_limit("ip:1", 2, 60_000, None) for _ in range(3)]
+        assert [(r.allowed, r.count) for r in answers] == [(True, 1), (True, 2), (False, 3)]
+        big = bytes(range(256)) * (8 * 1024 + 3)  # 2 MiB and a bit: three chunks
+        assert c.put("big", big, None) == StoreResult.STORED
+        assert c.get("big", None).value == big
