@@ -216,23 +216,14 @@ class ServerFacts:
 
     #: The ServiceError Python gets for `Cache.get("bad key")`.
     bad_key: ServiceError
-    #: Whether Cache namespaces answer 501 (until the cache-beyond issue lands).
-    namespaces_501: bool
 
 
 @pytest.fixture(scope="session")
 def facts(glammp: Glammp) -> ServerFacts:
-    from glammp.cache.ttypes import ReadOptions, Target
-
     with connect(glammp.host, glammp.port, "Cache") as cache:
         with pytest.raises(ServiceError) as bad:
             cache.get("bad key", None)
-        try:
-            cache.get("probe", ReadOptions(target=Target(ns="probe")))
-            namespaces_501 = False
-        except ServiceError as e:
-            namespaces_501 = e.code == 501
-    return ServerFacts(bad.value, namespaces_501)
+    return ServerFacts(bad.value)
 
 
 

@@ -37,9 +37,7 @@ def expected_tour(lang: str, facts: ServerFacts) -> list[str]:
         lines.append(e("delayed get_multi hits=2"))
     lines.append(e("cas counter=101 attempts=2"))
     if lang in FULL_TOUR:
-        lines.append(e("namespace skipped: 501 NOT_IMPLEMENTED retryable=false origin=cache: ")
-                     + ".+" if facts.namespaces_501
-                     else e("namespace invalidated before=hit after=miss"))
+        lines.append(e("namespace invalidated before=hit after=miss"))
     bad = facts.bad_key
     lines.append(e(f"error 400 BAD_REQUEST retryable=false origin=cache: {bad.message}"))
     size = len(f"a file stored from {FILE_CONTENT[lang]}\n")
