@@ -45,6 +45,7 @@ from services.cache.protocol import (
 )
 from services.cache.ring import Node
 from services.core import errors
+from services.core.context import current_call
 from services.core.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -302,8 +303,14 @@ class Server:
             self._batchers += 1
             self._batcher_starting = True
             gevent.spawn(self._batch_loop)
-        # wait() rather than get(timeout=): a gevent.Timeout belongs to whoever set it.
-        waiter.wait(max(0.0, deadline - time.monotonic()))
+        ctx = current_call()
+        if ctx is not None and deadline >= ctx.deadline:
+            # The server's deadline timer already bounds this greenlet and will interrupt
+            # the wait; a second timer per read costs more than the rest of the hand-off.
+            waiter.wait()
+        else:
+            # wait() rather than get(timeout=): a gevent.Timeout belongs to whoever set it.
+            waiter.wait(max(0.0, deadline - time.monotonic()))
         if not waiter.ready():
             raise errors.timeout(
                 f"memcached {self.address} did not answer in time", retryable=True,
