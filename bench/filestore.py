@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,10 +24,10 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.harness import LOAD_CPU, ROOT, SERVER_CPU, Row, median
+from bench.harness import LOAD_CPU, Row, median, served
 from glammp.filestore.ttypes import StoreOptions
 from services.client import connect
-from services.core.children import free_port, port_accepts, wait_for
+from services.core.children import free_port
 from services.mogilefs.client import TrackerClient
 from services.mogilefs.devcluster import DevCluster
 
@@ -59,23 +58,10 @@ def _service(tmp: str, trackers: list[str]) -> Iterator[tuple[int, int]]:
     with open(conf, "w") as f:
         f.write(f"[server]\nport = {port}\nadmin_port = -1\n"
                 f"[filestore]\ntrackers = {trackers!r}\n".replace("'", '"'))
-    with open(os.path.join(tmp, "filestore.log"), "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "-c", conf, "filestore"],
-                                cwd=ROOT, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                preexec_fn=lambda: os.sched_setaffinity(0, {SERVER_CPU}))
-    try:
-        wait_for(lambda: port_accepts("127.0.0.1", port) or proc.poll() is not None, 30,
-                 what="glammp filestore listening")
-        if proc.poll() is not None:
-            raise RuntimeError(f"glammp filestore exited with {proc.returncode}")
-        yield port, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    log = os.path.join(tmp, "filestore.log")
+    argv = [sys.executable, "-m", "services.cli", "-c", conf, "filestore"]
+    with served(argv, port, log) as pid:
+        yield port, pid
 
 
 def _loop(seconds: float, op: Callable[[], object]) -> float:

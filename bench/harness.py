@@ -59,18 +59,24 @@ def _pin(cpu: int) -> None:
 
 
 @contextmanager
-def python_server(module: str, *args: str, cpu: int = SERVER_CPU) -> Iterator[tuple[int, int]]:
-    """Runs `python -m module <args> PORT` pinned to `cpu`; yields (port, pid)."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", module, *args, str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=lambda: _pin(cpu))
+def served(argv: Sequence[str], port: int, log: str | None = None,
+           cpu: int = SERVER_CPU) -> Iterator[int]:
+    """Runs `argv` pinned to `cpu` until its `port` accepts; yields its pid and stops it
+    (SIGTERM, then SIGKILL) at the end. Output goes to `log` (or is discarded)."""
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(list(argv), cwd=ROOT, stdout=out, stderr=out,
+                                stdin=subprocess.DEVNULL, preexec_fn=lambda: _pin(cpu))
+    finally:
+        if log:
+            out.close()  # type: ignore[union-attr]
     try:
         wait_for(lambda: port_accepts("127.0.0.1", port) or proc.poll() is not None, 30,
-                 what=f"{module} listening")
+                 what=f"{argv[0]} listening on {port}")
         if proc.poll() is not None:
-            raise RuntimeError(f"{module} {args} exited with {proc.returncode}")
-        yield port, proc.pid
+            raise RuntimeError(f"{list(argv)} exited with {proc.returncode}"
+                               + (f"; see {log}" if log else ""))
+        yield proc.pid
     finally:
         proc.terminate()
         try:
@@ -78,6 +84,14 @@ def python_server(module: str, *args: str, cpu: int = SERVER_CPU) -> Iterator[tu
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def python_server(module: str, *args: str, cpu: int = SERVER_CPU) -> Iterator[tuple[int, int]]:
+    """Runs `python -m module <args> PORT` pinned to `cpu`; yields (port, pid)."""
+    port = free_port()
+    with served([sys.executable, "-m", module, *args, str(port)], port, cpu=cpu) as pid:
+        yield port, pid
 
 
 def load(port: int, conns: int, seconds: float, request: bytes,
@@ -111,9 +125,10 @@ def table(rows: Sequence[Row]) -> str:
     ]
     for r in rows:
         goal = f"≥ {r.goal:g}x" if r.goal is not None else ""
+        ratio = f"{r.ratio:.2f}x" if r.baseline else "—"
         lines.append(
             f"| {r.name} | {r.glammp:,.0f} {r.unit} | {r.baseline:,.0f} {r.unit} "
-            f"({r.baseline_name}) | {r.ratio:.2f}x | {goal} | {r.met} | {r.notes} |"
+            f"({r.baseline_name}) | {ratio} | {goal} | {r.met} | {r.notes} |"
         )
     return "\n".join(lines)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,8 +27,8 @@ from urllib.parse import urlsplit
 
 import gevent
 
-from bench.harness import LOAD_CPU, ROOT, SERVER_CPU, Row, median
-from services.core.children import free_port, port_accepts, wait_for
+from bench.harness import LOAD_CPU, Row, median, served
+from services.core.children import free_port
 from services.mogilefs.client import TrackerClient
 
 NGINX = "/usr/sbin/nginx"
@@ -45,30 +44,6 @@ http {{ access_log off; client_body_temp_path {tmp}/ngbody; client_max_body_size
 """
 
 
-def _pin_server() -> None:
-    os.sched_setaffinity(0, {SERVER_CPU})
-
-
-@contextmanager
-def _process(argv: list[str], port: int, log: str) -> Iterator[int]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=out,
-                                stdin=subprocess.DEVNULL, preexec_fn=_pin_server)
-    try:
-        wait_for(lambda: port_accepts("127.0.0.1", port) or proc.poll() is not None, 30,
-                 what=f"{argv[0]} listening")
-        if proc.poll() is not None:
-            raise RuntimeError(f"{argv} exited with {proc.returncode}; see {log}")
-        yield proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @contextmanager
 def servers(tmp: str) -> Iterator[dict[str, int]]:
     """A storage node (dev1), a tracker using it, and nginx; yields ports and pids."""
@@ -77,13 +52,13 @@ def servers(tmp: str) -> Iterator[dict[str, int]]:
     os.makedirs(os.path.join(tmp, "nginx", "dev1"))
     with open(os.path.join(tmp, "nginx.conf"), "w") as f:
         f.write(NGINX_CONF.format(tmp=tmp, port=nport, root=os.path.join(tmp, "nginx")))
-    with _process([*mod, "mogstored", "--port", str(sport), "--docroot",
+    with served([*mod, "mogstored", "--port", str(sport), "--docroot",
                    os.path.join(tmp, "store"), "--device", "1"], sport,
                   os.path.join(tmp, "mogstored.log")) as spid, \
-         _process([*mod, "mogilefsd", "--port", str(tport), "--db-path",
+         served([*mod, "mogilefsd", "--port", str(tport), "--db-path",
                    os.path.join(tmp, "t.sqlite3"), "--option", "min_free_space_mb=1"], tport,
                   os.path.join(tmp, "mogilefsd.log")), \
-         _process([NGINX, "-c", os.path.join(tmp, "nginx.conf"), "-p", tmp, "-e", "stderr"],
+         served([NGINX, "-c", os.path.join(tmp, "nginx.conf"), "-p", tmp, "-e", "stderr"],
                   nport, os.path.join(tmp, "nginx.log")) as npid:
         with TrackerClient("127.0.0.1", tport) as c:
             c.call("create_host", host="h1", ip="127.0.0.1", port=sport, status="alive")

@@ -62,7 +62,7 @@ from services.core.base import BaseHandler, StatusBoard
 from services.core.context import ConnectionState
 from services.core.dispatch import BASE_SERVICE, DEADLINE_HEADER, NOT_FAST, Dispatcher, Mount
 from services.core.metrics import Metrics, fb303_counters
-from services.core.server import listening_socket
+from services.core.server import close_connections, listening_socket
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("gateway.access")
@@ -607,22 +607,7 @@ class Gateway:
         if self._sweeper is not None:
             self._sweeper.kill(block=False)
         self.backends.stop()
-        deadline = time.monotonic() + grace_s
-        clean = True
-        while True:
-            for conn in list(self.connections):
-                if not conn.busy:
-                    conn.greenlet.kill(block=False)
-            if not self.connections:
-                break
-            if time.monotonic() >= deadline:
-                clean = False
-                log.warning("drain grace over; closing %d busy connections",
-                            len(self.connections))
-                for conn in list(self.connections):
-                    conn.greenlet.kill(block=False)
-                break
-            gevent.sleep(0.01)
+        clean = close_connections(self.connections, grace_s)
         for cluster in self.clusters.values():
             cluster.close()
         self.board.state = Status.STOPPED

@@ -29,9 +29,10 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from io import BytesIO
+from typing import Protocol
 
 import gevent
 from gevent.server import StreamServer
@@ -414,23 +415,32 @@ class ThriftServer:
         self.server.close()
         if self._sweeper is not None:
             self._sweeper.kill(block=False)
-        deadline = time.monotonic() + grace_s
-        clean = True
-        while True:
-            for conn in list(self.connections):
-                if not conn.busy:
-                    conn.greenlet.kill(block=False)
-            if not self.connections:
-                break
-            if time.monotonic() >= deadline:
-                clean = False
-                log.warning("drain grace over; closing %d busy connections",
-                            len(self.connections))
-                for conn in list(self.connections):
-                    conn.greenlet.kill(block=False)
-                break
-            gevent.sleep(0.01)
-        return clean
+        return close_connections(self.connections, grace_s)
+
+
+class Closable(Protocol):
+    busy: bool
+    greenlet: gevent.Greenlet
+
+
+def close_connections(connections: Collection[Closable], grace_s: float) -> bool:
+    """The drain of a set of connections whose greenlets remove themselves when they end:
+    idle ones are closed at once, busy ones after the request they are serving (their loops
+    stop once the server is draining), and any still busy after `grace_s` seconds are cut.
+    Returns True when none had to be cut."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        for conn in list(connections):
+            if not conn.busy:
+                conn.greenlet.kill(block=False)
+        if not connections:
+            return True
+        if time.monotonic() >= deadline:
+            log.warning("drain grace over; closing %d busy connections", len(connections))
+            for conn in list(connections):
+                conn.greenlet.kill(block=False)
+            return False
+        gevent.sleep(0.01)
 
 
 def _send_all(sock: socket.socket, data: bytes) -> None:
