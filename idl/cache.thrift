@@ -229,6 +229,12 @@ service Cache extends base.Base {
    */
   Item get_or_compute(1: string key, 2: Loader loader, 3: ReadOptions opts)
     throws (1: common.ServiceError err),
+  /**
+   * Marks an item stale instead of deleting it (stale-while-revalidate): get_or_compute
+   * callers keep getting the old value while exactly one of them recomputes it. Meant for
+   * keys served by get_or_compute. False when the key did not exist.
+   */
+  bool invalidate(1: string key, 2: Target target) throws (1: common.ServiceError err),
   /** Invalidates every key under a namespace at once (the namespace's version moves on). */
   void invalidate_namespace(1: string ns, 2: string pool) throws (1: common.ServiceError err),
   /** Counts one attempt for key in a fixed window of window_ms; allowed while count <= limit. */

@@ -90,7 +90,7 @@ IDEMPOTENT: frozenset[str] = frozenset(
     {
         "get", "get_multi", "get_and_touch", "put", "put_multi", "touch", "remove",
         "remove_multi", "server_for_key", "servers", "stats", "versions", "flush",
-        "get_or_compute", "invalidate_namespace",
+        "get_or_compute", "invalidate_namespace", "invalidate",
     }
 )
 
@@ -400,6 +400,20 @@ class CacheHandler:
             if gutter is None:
                 raise
             return gutter.delete(gutter.adopt(k, cluster), deadline)
+
+    def invalidate(self, key: str, target: Target | None) -> bool:
+        """Marks the item stale (memcached ``md <key> I``) for get_or_compute's
+        stale-while-revalidate; the mark lasts as long as a load's lease."""
+        self._begin()
+        cluster, k = self._resolve(key, target)
+        self.hot[cluster.name].drop((k.wire,))
+        deadline = self._deadline()
+        flags = b"I T%d" % self.readthrough.lease_s
+
+        def mark(c: Cluster, ck: Key) -> bool:
+            return c.meta(ck, b"md", flags, deadline, idempotent=True).status == b"HD"
+
+        return self._everywhere(cluster, mark, k)
 
     def _everywhere(self, cluster: Cluster, op: Callable[[Cluster, Key], bool],
                     k: Key) -> bool:

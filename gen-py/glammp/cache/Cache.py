@@ -291,6 +291,19 @@ class Iface(glammp.base.Base.Iface):
         """
         pass
 
+    def invalidate(self, key, target):
+        """
+        Marks an item stale instead of deleting it (stale-while-revalidate): get_or_compute
+        callers keep getting the old value while exactly one of them recomputes it. Meant for
+        keys served by get_or_compute. False when the key did not exist.
+
+        Parameters:
+         - key
+         - target
+
+        """
+        pass
+
     def invalidate_namespace(self, ns, pool):
         """
         Invalidates every key under a namespace at once (the namespace's version moves on).
@@ -1186,6 +1199,46 @@ class Client(glammp.base.Base.Client, Iface):
             raise result.err
         raise TApplicationException(TApplicationException.MISSING_RESULT, "get_or_compute failed: unknown result")
 
+    def invalidate(self, key, target):
+        """
+        Marks an item stale instead of deleting it (stale-while-revalidate): get_or_compute
+        callers keep getting the old value while exactly one of them recomputes it. Meant for
+        keys served by get_or_compute. False when the key did not exist.
+
+        Parameters:
+         - key
+         - target
+
+        """
+        self.send_invalidate(key, target)
+        return self.recv_invalidate()
+
+    def send_invalidate(self, key, target):
+        self._oprot.writeMessageBegin('invalidate', TMessageType.CALL, self._seqid)
+        args = invalidate_args()
+        args.key = key
+        args.target = target
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
+    def recv_invalidate(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = invalidate_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.success is not None:
+            return result.success
+        if result.err is not None:
+            raise result.err
+        raise TApplicationException(TApplicationException.MISSING_RESULT, "invalidate failed: unknown result")
+
     def invalidate_namespace(self, ns, pool):
         """
         Invalidates every key under a namespace at once (the namespace's version moves on).
@@ -1291,6 +1344,7 @@ class Processor(glammp.base.Base.Processor, Iface, TProcessor):
         self._processMap["versions"] = Processor.process_versions
         self._processMap["flush"] = Processor.process_flush
         self._processMap["get_or_compute"] = Processor.process_get_or_compute
+        self._processMap["invalidate"] = Processor.process_invalidate
         self._processMap["invalidate_namespace"] = Processor.process_invalidate_namespace
         self._processMap["rate_limit"] = Processor.process_rate_limit
         self._on_message_begin = None
@@ -1879,6 +1933,32 @@ class Processor(glammp.base.Base.Processor, Iface, TProcessor):
             msg_type = TMessageType.EXCEPTION
             result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
         oprot.writeMessageBegin("get_or_compute", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
+
+    def process_invalidate(self, seqid, iprot, oprot):
+        args = invalidate_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = invalidate_result()
+        try:
+            result.success = self._handler.invalidate(args.key, args.target)
+            msg_type = TMessageType.REPLY
+        except TTransport.TTransportException:
+            raise
+        except glammp.common.ttypes.ServiceError as err:
+            msg_type = TMessageType.REPLY
+            result.err = err
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
+        except Exception:
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("invalidate", msg_type, seqid)
         result.write(oprot)
         oprot.writeMessageEnd()
         oprot.trans.flush()
@@ -5421,6 +5501,154 @@ class get_or_compute_result(object):
 all_structs.append(get_or_compute_result)
 get_or_compute_result.thrift_spec = (
     (0, TType.STRUCT, 'success', [Item, None], None, ),  # 0
+    (1, TType.STRUCT, 'err', [glammp.common.ttypes.ServiceError, None], None, ),  # 1
+)
+
+
+class invalidate_args(object):
+    """
+    Attributes:
+     - key
+     - target
+
+    """
+
+
+    def __init__(self, key=None, target=None,):
+        self.key = key
+        self.target = target
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    self.key = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRUCT:
+                    self.target = Target()
+                    self.target.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('invalidate_args')
+        if self.key is not None:
+            oprot.writeFieldBegin('key', TType.STRING, 1)
+            oprot.writeString(self.key.encode('utf-8') if sys.version_info[0] == 2 else self.key)
+            oprot.writeFieldEnd()
+        if self.target is not None:
+            oprot.writeFieldBegin('target', TType.STRUCT, 2)
+            self.target.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(invalidate_args)
+invalidate_args.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'key', 'UTF8', None, ),  # 1
+    (2, TType.STRUCT, 'target', [Target, None], None, ),  # 2
+)
+
+
+class invalidate_result(object):
+    """
+    Attributes:
+     - success
+     - err
+
+    """
+
+
+    def __init__(self, success=None, err=None,):
+        self.success = success
+        self.err = err
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 0:
+                if ftype == TType.BOOL:
+                    self.success = iprot.readBool()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 1:
+                if ftype == TType.STRUCT:
+                    self.err = glammp.common.ttypes.ServiceError.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('invalidate_result')
+        if self.success is not None:
+            oprot.writeFieldBegin('success', TType.BOOL, 0)
+            oprot.writeBool(self.success)
+            oprot.writeFieldEnd()
+        if self.err is not None:
+            oprot.writeFieldBegin('err', TType.STRUCT, 1)
+            self.err.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(invalidate_result)
+invalidate_result.thrift_spec = (
+    (0, TType.BOOL, 'success', None, None, ),  # 0
     (1, TType.STRUCT, 'err', [glammp.common.ttypes.ServiceError, None], None, ),  # 1
 )
 
