@@ -319,7 +319,7 @@ class ThriftServer:
 
     @staticmethod
     def _fill(sock: socket.socket, buf: bytearray, conn: _Connection) -> bool:
-        data = _recv(sock, RECV_BYTES)
+        data = sock.recv(RECV_BYTES)
         if not data:
             return False
         buf += data
@@ -452,14 +452,6 @@ def _send_all(sock: socket.socket, data: bytes) -> None:
         sent = 0
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:])
-
-
-def _recv(sock: socket.socket, size: int) -> bytes:
-    """recv, trying the raw non-blocking socket before waiting in gevent's hub."""
-    try:
-        return sock._sock.recv(size)  # type: ignore[attr-defined, no-any-return]
-    except BlockingIOError:
-        return sock.recv(size)
 
 
 def _message_id(payload: bytes, first: int) -> tuple[str, int]:
