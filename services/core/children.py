@@ -29,7 +29,7 @@ DEFAULT_STOP_TIMEOUT_S = 5.0
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM it when its parent dies, so a crashed or
     SIGKILLed glammp never leaves its backends running (Linux prctl PR_SET_PDEATHSIG)."""
     try:
@@ -113,7 +113,7 @@ class Child:
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         finally:
             if self.log_path:
