@@ -65,15 +65,21 @@ class _Unimplemented:
     """A handler with no methods: every call of its service answers 501."""
 
 
-def build_mount(section: str, raw: dict[str, Any]) -> Mount:
-    """Parses `[section]` and creates that service's handler."""
+def parse_section(section: str, raw: dict[str, Any]) -> Any:
+    """The typed config of `[section]` (None when that service's package is absent)."""
+    package = _service_package(section)
+    if package is None:
+        return None
+    return parse(getattr(package, f"{section.capitalize()}Config"), raw.get(section), section)
+
+
+def build_mount(section: str, config: Any) -> Mount:
+    """Creates the handler of `section` from its parsed config."""
     package = _service_package(section)
     _, mux_name, generated = SERVICES[section]
     if package is None:
         log.warning("the %s service is not available; its calls answer 501", section)
         return Mount(mux_name, importlib.import_module(generated), _Unimplemented(), section)
-    spec = getattr(package, f"{section.capitalize()}Config")
-    config = parse(spec, raw.get(section), section)
     return Mount(
         package.SERVICE_NAME,
         package.MODULE,
@@ -85,12 +91,10 @@ def build_mount(section: str, raw: dict[str, Any]) -> Mount:
 
 
 def mounts_factory(sections: list[str], raw: dict[str, Any]) -> Callable[[], list[Mount]]:
-    # Parse every section now so a bad value stops start-up before anything is served.
-    for section in sections:
-        package = _service_package(section)
-        if package is not None:
-            parse(getattr(package, f"{section.capitalize()}Config"), raw.get(section), section)
-    return lambda: [build_mount(s, raw) for s in sections]
+    """Parses every section now, so a bad value stops start-up before anything is served; the
+    handlers are built later, in the process that serves them."""
+    configs = {s: parse_section(s, raw) for s in sections}
+    return lambda: [build_mount(s, configs[s]) for s in sections]
 
 
 class LocalBackends:

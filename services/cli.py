@@ -17,6 +17,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -53,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     raw = _load(args)
     server = config_mod.parse(ServerConfig, raw.get("server"), "server")
     if args.port is not None:
-        server = _replace(server, port=args.port)
+        server = dataclasses.replace(server, port=args.port)
     sections = list(app.SERVICES) if args.command == "serve" else [args.command]
     local = None
     if args.command == "serve":
@@ -69,12 +70,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         if local is not None:
             local.stop()
-
-
-def _replace(obj: Any, **changes: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
 
 
 def cmd_call(args: argparse.Namespace) -> int:

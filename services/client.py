@@ -153,7 +153,6 @@ def to_json(value: Any) -> Any:
 
 def call_json(client: Any, service: str, method: str, args: list[Any]) -> Any:
     """Calls `method` on a generated client with JSON-shaped positional arguments."""
-    module = service_module(service)
     args_cls = None
     for cls in type(client).__mro__:
         owner = importlib.import_module(cls.__module__)
@@ -167,5 +166,4 @@ def call_json(client: Any, service: str, method: str, args: list[Any]) -> Any:
         raise ValueError(f"{method} takes at most {len(spec)} arguments")
     converted = [_from_json(f[1], f[3], a) for f, a in zip(spec, args, strict=False)]
     converted += [None] * (len(spec) - len(converted))
-    del module
     return to_json(getattr(client, method)(*converted))

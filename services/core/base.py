@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import services
@@ -83,7 +83,3 @@ class BaseHandler:
     def getCounter(self, key: str) -> int:
         return self.counters().get(key, 0)
 
-
-def watch_all(board: StatusBoard, handlers: Iterable[tuple[str, object]]) -> None:
-    for name, handler in handlers:
-        board.watch(name, handler)

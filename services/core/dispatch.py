@@ -146,8 +146,8 @@ class Dispatcher:
                 fn = getattr(mount.handler, name, None)
                 if fn is None and base_handler is not None and owner.__name__.endswith(".Base"):
                     fn = getattr(base_handler, name, None)
-                spec = owner.__dict__[f"{name}_args"].thrift_spec
-                arg_names = tuple(s[2] for s in spec if s is not None)
+                args_cls = owner.__dict__[f"{name}_args"]
+                arg_names = tuple(s[2] for s in args_cls.thrift_spec if s is not None)
                 result_cls = owner.__dict__.get(f"{name}_result")
                 success_spec = result_cls.thrift_spec[0] if result_cls is not None else None
                 has_success = success_spec is not None and success_spec[2] == "success"
@@ -159,7 +159,6 @@ class Dispatcher:
                 deadline_ms = overrides.get(
                     f"{mount.name}.{name}", mount.deadlines_ms.get(name, default_deadline_ms)
                 )
-                args_cls = owner.__dict__[f"{name}_args"]
                 self.methods[f"{mount.name}:{name}"] = Method(
                     service=mount.name,
                     name=name,

@@ -23,7 +23,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
@@ -34,7 +34,7 @@ from glammp.base.ttypes import Status
 from services.core import metrics as metrics_mod
 from services.core.admin import AdminApp, serve_admin
 from services.core.base import BaseHandler, StatusBoard
-from services.core.children import free_port, port_accepts
+from services.core.children import free_port, port_accepts, wait_for
 from services.core.dispatch import BASE_SERVICE, Dispatcher, Mount
 from services.core.server import ServerConfig, ThriftServer, listening_socket
 
@@ -55,8 +55,6 @@ class ServeSpec:
     name: str = "glammp"
     #: Called with (thrift address, admin address or None) once the port accepts.
     on_ready: Callable[[tuple[str, int], tuple[str, int] | None], None] | None = None
-    #: Extra health sources (name, object with health()) for getStatus.
-    extra_health: list[tuple[str, Any]] = field(default_factory=list)
 
 
 class Process:
@@ -79,8 +77,6 @@ class Process:
         self.counter_sources = [m.handler for m in mounts if hasattr(m.handler, "counters")]
         for mount in mounts:
             self.board.watch(mount.name, mount.handler)
-        for name, source in spec.extra_health:
-            self.board.watch(name, source)
         self.server = ThriftServer(spec.config, self.dispatcher, listener, self._draining)
 
     def _draining(self) -> None:
@@ -209,7 +205,7 @@ def _run_many(spec: ServeSpec) -> int:
 
     reaper = gevent.spawn(reap)
     inherited.append(lambda: reaper.kill(block=False))
-    _await_port(host, port)
+    wait_for(lambda: port_accepts(host, port), 10, what=f"a worker listening on {port}")
     if spec.on_ready is not None:
         spec.on_ready((host, port), admin.address[:2] if admin else None)
     _wait_for_signal()
@@ -246,14 +242,6 @@ def _bound_only(host: str, port: int) -> socket.socket:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     s.bind((host, port))
     return s
-
-
-def _await_port(host: str, port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not port_accepts(host, port):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no worker listened on {host}:{port} in {timeout_s}s")
-        gevent.sleep(0.02)
 
 
 def _worker(spec: ServeSpec, host: str, port: int, run_dir: str) -> int:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
 import struct
 import time
@@ -201,10 +200,8 @@ class _Connection:
 
 
 class ThriftServer:
-    """Serves a `Dispatcher` on one TCP port.
-
-    `on_state(status)` is told STOPPING when a drain starts; the base service uses it.
-    """
+    """Serves a `Dispatcher` on one TCP port; `on_draining()` is called when a drain starts
+    (the base service's status turns STOPPING)."""
 
     def __init__(
         self,
@@ -269,8 +266,6 @@ class ThriftServer:
         except framing.FramingError as e:
             self.metrics.incr("connections_refused")
             log.info("closing %s: %s", state.peer, e)
-        except TimeoutError:
-            log.debug("closing idle connection %s", state.peer)
         except (OSError, TTransportException, EOFError) as e:
             if getattr(e, "errno", None) not in (None, errno.ECONNRESET, errno.EPIPE):
                 log.info("connection %s ended: %s", state.peer, e)
@@ -396,7 +391,7 @@ class ThriftServer:
                 self.metrics.incr("malformed_messages")
                 raise framing.FramingError(f"malformed unframed message: {e}") from None
             if replied:
-                sock.sendall(otrans.getvalue())
+                _send_all(sock, otrans.getvalue())
             conn.last_active = time.monotonic()
             conn.busy = False
 
@@ -464,6 +459,3 @@ def _message_id(payload: bytes, first: int) -> tuple[str, int]:
     except Exception:
         return "", 0
 
-
-def reuse_port_available() -> bool:
-    return hasattr(socket, "SO_REUSEPORT") and os.name == "posix"

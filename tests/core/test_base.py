@@ -53,3 +53,21 @@ def test_handler_counters_reach_get_counters_and_metrics(serve):
         assert base.getCounter("cache.oneway.sent") == 7
     text = metrics.render_prometheus(proc.snapshot())
     assert 'glammp_handler_value{name="cache.oneway.sent"} 7' in text
+
+
+def test_status_is_stopping_while_draining(serve):
+    import gevent
+
+    from services.core.children import wait_for
+    from tests.core.dialects import client
+
+    proc = serve([mount()])
+    host, port = proc.server.address
+    with client(host, port, "framed-binary", "Cache") as c:
+        caller = gevent.spawn(c.get, "sleep:0.5", None)
+        wait_for(lambda: proc.metrics.active == 1, 5, what="the call running")
+        drainer = gevent.spawn(proc.server.drain, 5.0)
+        wait_for(lambda: proc.board.current()[0] == Status.STOPPING, 5, what="STOPPING")
+        assert proc.dispatcher.handlers["Base"].getStatus() == Status.STOPPING
+        assert caller.get(timeout=5).value == b"sleep:0.5"  # the in-flight call finished
+        assert drainer.get(timeout=5) is True

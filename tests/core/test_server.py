@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import socket
 import struct
@@ -199,16 +198,20 @@ def test_malformed_arguments_in_a_frame_answer_protocol_error(server):
     s = socket.create_connection((host, port))
     s.settimeout(5)
     s.sendall(struct.pack(">i", len(body)) + body + valid)
-    data = b""
-    while len(data) < 8:
-        data += s.recv(65536)
     # The first reply is an exception for the broken call, and the valid one is answered too.
-    size = struct.unpack(">i", data[:4])[0]
-    while len(data) < 4 + size + 4:
-        data += s.recv(65536)
-    first = data[4 : 4 + size]
-    assert first[:4] == b"\x80\x01\x00\x03"  # message type EXCEPTION
+    replies = []
+    data = b""
+    while len(replies) < 2:
+        chunk = s.recv(65536)
+        assert chunk, "the server closed the connection"
+        data += chunk
+        while len(data) >= 4 and len(data) >= 4 + struct.unpack(">i", data[:4])[0]:
+            size = struct.unpack(">i", data[:4])[0]
+            replies.append(data[4 : 4 + size])
+            data = data[4 + size :]
     s.close()
+    assert replies[0][:4] == b"\x80\x01\x00\x03"  # message type EXCEPTION
+    assert replies[1][:4] == b"\x80\x01\x00\x02"  # message type REPLY
 
 
 def test_oneway_calls_are_served_without_a_reply(serve):
@@ -243,7 +246,6 @@ def test_counters_count_calls_by_code(server):
         assert counters["Cache.get.errors.404"] == 1
         assert c.getCounter("Cache.get.errors") == 1
         assert c.getCounter("no.such.counter") == 0
-    assert os.getpid() > 0
 
 
 def test_binary_results_round_trip_in_every_dialect(serve):
