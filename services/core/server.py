@@ -311,6 +311,10 @@ class ThriftServer:
                 _send_all(sock, replies[0] if len(replies) == 1 else b"".join(replies))
             conn.last_active = time.monotonic()
             conn.busy = False
+            if replies and not buf:
+                # The caller is only now reading its reply, so a recv would almost always
+                # fail with EAGAIN (a syscall and an exception): wait for its next request.
+                sock._wait(sock._read_event)  # type: ignore[attr-defined]
 
     @staticmethod
     def _fill(sock: socket.socket, buf: bytearray, conn: _Connection) -> bool:
