@@ -152,6 +152,7 @@ class Cluster:
         single = len(servers) == 1
         hash_prefix = prefix if self.hash_with_prefix else b""
         out = []
+        new_key = tuple.__new__  # Key(...) without NamedTuple's __new__ (hot loop)
         for name in names:
             raw = name.encode("utf-8", "surrogatepass")
             if not raw or len(raw) > room or raw.translate(None, codec.PRINTABLE_BYTES):
@@ -162,7 +163,7 @@ class Cluster:
                 server = servers[0]
             else:
                 server = servers[ring.index_for(hash_prefix + raw)]  # type: ignore[union-attr]
-            out.append(Key(name, prefix + raw, server))
+            out.append(new_key(Key, (name, prefix + raw, server)))
         return out
 
     # -- reads -----------------------------------------------------------------------------
@@ -380,6 +381,8 @@ def check_ttl(ttl: int) -> None:
 
 
 def _group(keys: Sequence[Key]) -> dict[Server, list[Key]]:
+    if keys and all(k.server is keys[0].server for k in keys):
+        return {keys[0].server: list(keys)}
     groups: dict[Server, list[Key]] = {}
     for k in keys:
         groups.setdefault(k.server, []).append(k)

@@ -8,7 +8,10 @@ than an item split behind a manifest (`largevalue`), the read-through envelope
 
 from __future__ import annotations
 
+import struct
 import time
+
+from thrift.protocol.fastbinary import encode_binary
 
 from glammp.cache.ttypes import Item, ValueType, WriteOptions
 from services.cache import codec
@@ -21,6 +24,38 @@ from services.cache.server import ValueTuple
 from services.core import errors
 
 _I64 = 2**64
+
+#: An Item's fields as a tuple, in field order (key, found, value, flags, type, user_flags, cas).
+ItemRow = tuple[str, bool, bytes, int, int, int, int]
+
+_I32 = struct.Struct(">i")
+# Binary protocol, each field as (type, id, value): 1 (string key), its length; 2 (bool found),
+# 3 (binary value), its length; 4 (i64 flags), 5 (i32 type), 6 (i32 user_flags), 7 (i64 cas),
+# then the struct's stop byte.
+_ITEM_HEAD = struct.Struct(">bhi")
+_ITEM_MIDDLE = struct.Struct(">bh?bhi")
+_ITEM_TAIL = struct.Struct(">bhqbhibhibhqb")
+_ITEM_SPEC = [Item, Item.thrift_spec]
+_LIST_OF_STRUCTS = bytes([12])  # TType.STRUCT
+
+
+def encode_item_list(rows: list[Item | ItemRow]) -> bytes:
+    """A list<Item> in the binary protocol, as Thrift's own encoder writes it: the element
+    type, the count and each struct (rows as tuples, without building Item objects)."""
+    head = _ITEM_HEAD.pack
+    middle = _ITEM_MIDDLE.pack
+    tail = _ITEM_TAIL.pack
+    out = [_LIST_OF_STRUCTS, _I32.pack(len(rows))]
+    extend = out.extend
+    for row in rows:
+        if type(row) is Item:
+            out.append(encode_binary(row, _ITEM_SPEC))
+            continue
+        key, found, value, flags, vtype, user_flags, cas = row  # type: ignore[misc]
+        raw = key.encode()
+        extend((head(11, 1, len(raw)), raw, middle(2, 2, found, 11, 3, len(value)), value,
+                tail(10, 4, flags, 8, 5, vtype, 8, 6, user_flags, 10, 7, cas, 0)))
+    return b"".join(out)
 _STORE_RESULTS = ("STORED", "NOT_STORED", "EXISTS", "NOT_FOUND")
 
 

@@ -22,7 +22,6 @@ be read as the answer to the next command.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -32,7 +31,6 @@ from gevent import socket
 #: Bytes asked of the kernel per recv.
 RECV_BYTES = 256 * 1024
 #: A VALUE header of a get/gets/gat/gats reply: key, flags, bytes, optional cas.
-_VALUE_LINE = re.compile(rb"VALUE (\S+) ([0-9]+) ([0-9]+)(?: ([0-9]+))?\r\n")
 _META_STATUSES = frozenset({b"VA", b"HD", b"EN", b"NF", b"NS", b"EX"})
 #: A connection's buffer is compacted once this many consumed bytes pile up at its front.
 COMPACT_BYTES = 64 * 1024
@@ -107,6 +105,35 @@ def _remaining(deadline: float) -> float:
     return left
 
 
+def _whole_reply(data: bytes) -> dict[bytes, tuple[int, bytes, int]] | None:
+    """A complete ``gets``/``gats`` reply parsed in bulk, or None when it must be parsed line by
+    line (a value holding a CRLF, an error reply, ``get`` without cas, not all received yet).
+
+    Split at every CRLF, a reply alternates VALUE headers and data blocks and ends with END.
+    The first header is always genuine, and every block's length is checked against its
+    header's size: a value holding a CRLF makes its own check fail before any later, misread
+    header is trusted, so a reply that passes every check was read exactly as sent.
+    """
+    parts = data.split(b"\r\n")
+    if len(parts) % 2 or parts[-2] != b"END" or parts[-1]:
+        return None
+    headers = parts[0:-2:2]
+    blocks = parts[1:-2:2]
+    count = len(headers)
+    if not count:
+        return {}
+    tokens = b" ".join(headers).split(b" ")
+    if len(tokens) != 5 * count or tokens[0::5].count(b"VALUE") != count:
+        return None
+    try:
+        if list(map(int, tokens[3::5])) != list(map(len, blocks)):
+            return None
+        values = zip(map(int, tokens[2::5]), blocks, map(int, tokens[4::5]), strict=True)
+        return dict(zip(tokens[1::5], values, strict=True))
+    except ValueError:
+        return None
+
+
 class Connection:
     """A TCP connection to one memcached server, with a read buffer."""
 
@@ -115,6 +142,7 @@ class Connection:
         self.address = address
         self._buf = bytearray()
         self._pos = 0
+        self._awaiting = False
         self.closed = False
 
     @classmethod
@@ -138,24 +166,46 @@ class Connection:
     # -- raw I/O ---------------------------------------------------------------------------
 
     def send(self, data: bytes, deadline: float) -> None:
+        sock = self.sock
         try:
-            self.sock.settimeout(_remaining(deadline))
-            self.sock.sendall(data)
+            # Requests almost always fit the socket buffer: one raw non-blocking send, without
+            # gevent's sendall (which asks the kernel for SO_SNDBUF on every call).
+            sent = sock._sock.send(data)  # type: ignore[attr-defined]
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            raise ConnectionLost(f"send failed: {e}", sent=False) from None
+        try:
+            if sent < len(data):
+                sock.settimeout(_remaining(deadline))
+                sock.sendall(memoryview(data)[sent:])
         except TimeoutError:
             raise ReadTimeout("send timed out") from None
         except OSError as e:
-            raise ConnectionLost(f"send failed: {e}", sent=False) from None
+            raise ConnectionLost(f"send failed: {e}", sent=sent > 0) from None
+        self._awaiting = True
 
-    def _fill(self, deadline: float) -> None:
+    def _recv(self, deadline: float) -> bytes:
+        """One read from the socket (ConnectionLost when it is closed)."""
+        sock = self.sock
         try:
-            self.sock.settimeout(_remaining(deadline))
-            chunk = self.sock.recv(RECV_BYTES)
+            sock.settimeout(_remaining(deadline))
+            if self._awaiting:
+                # Just after a request the reply cannot be there yet: wait for it rather than
+                # pay for a recv that fails with EAGAIN.
+                self._awaiting = False
+                sock._wait(sock._read_event)  # type: ignore[attr-defined]
+            chunk = sock.recv(RECV_BYTES)
         except TimeoutError:
             raise ReadTimeout("no reply before the deadline") from None
         except OSError as e:
             raise ConnectionLost(f"recv failed: {e}", sent=True) from None
         if not chunk:
             raise ConnectionLost("connection closed by the server", sent=True)
+        return chunk
+
+    def _fill(self, deadline: float) -> None:
+        chunk = self._recv(deadline)
         if self._pos >= COMPACT_BYTES:
             del self._buf[: self._pos]
             self._pos = 0
@@ -212,43 +262,73 @@ class Connection:
         return self.read_values(deadline)
 
     def read_values(self, deadline: float) -> dict[bytes, tuple[int, bytes, int]]:
-        # The hot path of every read: VALUE headers are matched in place in the buffer, which
-        # is refilled only when a header or a data block is incomplete.
+        # The hot path of every read. The reply is parsed from an immutable copy of the
+        # buffer, so keys and values are sliced out once; a header or data block that is not
+        # complete yet is read on (`_more`) and parsed again from its start.
         found: dict[bytes, tuple[int, bytes, int]] = {}
-        buf = self._buf
-        pos = self._pos
-        match = _VALUE_LINE.match
+        data = self._take() or self._recv(deadline)
+        if data.endswith(b"END\r\n"):
+            whole = _whole_reply(data)
+            if whole is not None:
+                return whole
+        pos = 0
         while True:
-            m = match(buf, pos)
-            if m is None:
-                end = buf.find(b"\r\n", pos)
-                if end < 0:
-                    pos = self._refill(pos, deadline)
-                    buf = self._buf
-                    continue
-                if buf[pos:end] == b"END":
-                    self._consume(end + 2)
-                    return found
-                self._pos = pos
-                line = self.reply(deadline)  # raises ServerReplyError for error replies
-                raise ProtocolError(f"unexpected line in a get reply: {line[:80]!r}")
-            key, flags, size, cas = m.groups()
-            start = m.end()
-            stop = start + int(size)
-            if len(buf) < stop + 2:
-                pos = self._refill(pos, deadline)
-                buf = self._buf
+            end = data.find(b"\r\n", pos)
+            if end < 0:
+                data, pos = self._more(data, pos, 0, deadline)
                 continue
-            if buf[stop : stop + 2] != b"\r\n":
-                raise ProtocolError("data block not terminated by CRLF")
-            found[bytes(key)] = (int(flags), bytes(buf[start:stop]), int(cas) if cas else 0)
-            pos = stop + 2
+            if data.startswith(b"VALUE ", pos):
+                parts = data[pos + 6 : end].split(b" ")
+                try:
+                    if len(parts) == 4:
+                        key, flags, size, cas = parts
+                        cas_id = int(cas)
+                    else:
+                        key, flags, size = parts
+                        cas_id = 0
+                    start = end + 2
+                    stop = start + int(size)
+                    if not key or start > stop or not flags.isdigit():
+                        raise ValueError
+                except ValueError:
+                    raise ProtocolError(f"bad VALUE line: {data[pos:end][:80]!r}") from None
+                if len(data) < stop + 2:
+                    data, pos = self._more(data, pos, stop + 2 - pos, deadline)
+                    continue
+                if not data.startswith(b"\r\n", stop):
+                    raise ProtocolError("data block not terminated by CRLF")
+                found[key] = (int(flags), data[start:stop], cas_id)
+                pos = stop + 2
+                continue
+            self._buf += memoryview(data)[pos:]
+            if end == pos + 3 and data.startswith(b"END", pos):
+                self._consume(5)
+                return found
+            line = self.reply(deadline)  # raises ServerReplyError for error replies
+            raise ProtocolError(f"unexpected line in a get reply: {line[:80]!r}")
 
-    def _refill(self, pos: int, deadline: float) -> int:
-        """Reads more into the buffer, keeping unconsumed bytes from `pos`; the new `pos`."""
-        self._pos = pos
-        self._fill(deadline)
-        return self._pos
+    def _take(self) -> bytes:
+        """The unread bytes of the buffer, which is left empty."""
+        buf = self._buf
+        if self._pos:
+            with memoryview(buf) as view:
+                data = view[self._pos :].tobytes()
+        else:
+            data = bytes(buf)
+        buf.clear()
+        self._pos = 0
+        return data
+
+    def _more(self, data: bytes, pos: int, need: int, deadline: float) -> tuple[bytes, int]:
+        """`data` from `pos` with at least one more read, and more until `need` bytes."""
+        pieces = [data[pos:]]
+        have = len(pieces[0])
+        while True:
+            chunk = self._recv(deadline)
+            pieces.append(chunk)
+            have += len(chunk)
+            if have >= need:
+                return b"".join(pieces), 0
 
     def storage(
         self,

@@ -53,7 +53,7 @@ from services.cache.config import (  # re-exported: the filestore and tests impo
     PoolConfig,
     build_cluster,
 )
-from services.cache.items import ItemStore, as_bytes
+from services.cache.items import ItemRow, ItemStore, as_bytes, encode_item_list
 from services.cache.protocol import storage_command
 from services.cache.readthrough import ReadThrough, Stored
 from services.cache.routes import Routes
@@ -204,6 +204,19 @@ class CacheHandler:
         """Hits (and, with preserve_order, misses) in request order. Keys on a server that
         failed are misses, counted in ``cache.<pool>.partial_misses``; the first failure is
         raised only when every server asked failed. Hot keys are answered from the L1."""
+        return [r if type(r) is Item else Item(*r)
+                for r in self._multi_rows(keys, opts, preserve_order)]
+
+    def get_multi_wire(
+        self, keys: Sequence[str], opts: ReadOptions | None, preserve_order: bool | None
+    ) -> bytes:
+        """`get_multi`'s answer encoded for the binary fast path (see services.core.dispatch):
+        plain hits and misses go to the wire without becoming `Item` objects."""
+        return encode_item_list(self._multi_rows(keys, opts, preserve_order))
+
+    def _multi_rows(
+        self, keys: Sequence[str], opts: ReadOptions | None, preserve_order: bool | None
+    ) -> list[Item | ItemRow]:
         self._begin()
         cluster, server_key, ns = self._target(opts.target if opts else None)
         names = list(dict.fromkeys(keys or []))
@@ -234,7 +247,7 @@ class CacheHandler:
                 warmed = self.routes.warmup.many(cluster, self.pools[old], misses,
                                                  server_key, deadline)
         decompress = _decompress(opts)
-        items: list[Item] = []
+        items: list[Item | ItemRow] = []
         append = items.append
         for k in resolved:
             name = k.name
@@ -244,13 +257,13 @@ class CacheHandler:
                 if copy is not None:
                     append(self.items.item(name, copy, decompress))
                 elif preserve_order:
-                    append(Item(name, False, b"", 0, ValueType.STRING, 0, 0))
+                    append((name, False, b"", 0, ValueType.STRING, 0, 0))
                 continue
             if hot.prefixes and not hit[0] & codec.INTERNAL_FLAGS and hot.wanted(name):
                 hot.put(k.wire, hit, epoch)
             if not hit[0] and hit[2] < 2**63:
                 # The common case (a plain string item) without the general decoding path.
-                append(Item(name, True, hit[1], 0, ValueType.STRING, 0, hit[2]))
+                append((name, True, hit[1], 0, ValueType.STRING, 0, hit[2]))
             elif hit[0] & codec.INTERNAL_FLAGS:
                 stored = self.items.read(cluster, k, hit, deadline)
                 item = self.items.item(name, stored, decompress)

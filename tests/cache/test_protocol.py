@@ -18,11 +18,22 @@ from services.cache.protocol import (
 
 
 class ScriptedSocket:
-    """Returns the scripted chunks from recv, one per call; records what was sent."""
+    """Returns the scripted chunks from recv, one per call; records what was sent. It plays
+    both the gevent socket and the raw one under it (`_sock`), which Connection sends on."""
+
+    _read_event = None
 
     def __init__(self, chunks: list[bytes]) -> None:
         self.chunks = list(chunks)
         self.sent = b""
+        self._sock = self
+
+    def send(self, data: bytes) -> int:
+        self.sent += data
+        return len(data)
+
+    def _wait(self, _event: object) -> None:
+        pass
 
     def settimeout(self, _t: float) -> None:
         pass
@@ -136,3 +147,16 @@ def test_meta_reply_out_of_sync() -> None:
     conn = Connection(ScriptedSocket([b"VA x\r\n"]), "fake:1")  # type: ignore[arg-type]
     with pytest.raises(ProtocolError):
         conn.meta(b"mg k v", deadline())
+
+
+def test_whole_replies_parsed_in_bulk_match_line_by_line() -> None:
+    plain = {b"k%d" % i: (i, b"v" * i, 100 + i) for i in range(50)}
+    # Values that look like reply lines: a fake VALUE header and block, a fake END.
+    tricky = {b"a": (0, b"1\r\nVALUE b 0 1 7\r\n2", 5), b"b": (1, b"END", 6),
+              b"c": (2, b"x\r\nEND", 7), b"d": (3, b"", 8)}
+    for values in (plain, tricky, {}):
+        reply = b"".join(b"VALUE %s %d %d %d\r\n%s\r\n" % (k, f, len(v), cas, v)
+                         for k, (f, v, cas) in values.items()) + b"END\r\n"
+        assert conn(reply).read_values(deadline()) == values
+        for cut in range(1, len(reply), 7):
+            assert conn(reply[:cut], reply[cut:]).read_values(deadline()) == values
