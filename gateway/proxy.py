@@ -50,14 +50,14 @@ from thrift.Thrift import TApplicationException, TMessageType
 from thrift.transport.TTransport import TMemoryBuffer, TTransportBase, TTransportException
 
 import glammp.base.Base
-from gateway import sockets, upstream, wire
+from gateway import upstream, wire
 from gateway.access import AccessPolicy, Caller
 from gateway.backends import BackendWatch
 from gateway.config import MAX_DEADLINE_MS, GatewayConfig, matches
 from gateway.limits import RateLimiter, RetryBudget
 from glammp.base.ttypes import Status
 from glammp.common.ttypes import ServiceError
-from services.core import errors, framing
+from services.core import errors, framing, sockets
 from services.core.base import BaseHandler, StatusBoard
 from services.core.context import ConnectionState
 from services.core.dispatch import BASE_SERVICE, DEADLINE_HEADER, NOT_FAST, Dispatcher, Mount

@@ -45,10 +45,11 @@ from thrift.protocol.TBinaryProtocol import TBinaryProtocol
 from thrift.Thrift import TMessageType
 from thrift.transport.TTransport import TMemoryBuffer
 
-from gateway import sockets, wire
+from gateway import wire
 from gateway.config import GatewayConfig, parse_address
 from glammp.base import Base
 from glammp.base.ttypes import Status
+from services.core import sockets
 from services.core.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -28,6 +28,8 @@ from typing import NamedTuple
 
 from gevent import socket
 
+from services.core import sockets
+
 #: Bytes asked of the kernel per recv.
 RECV_BYTES = 256 * 1024
 #: A VALUE header of a get/gets/gat/gats reply: key, flags, bytes, optional cas.
@@ -168,21 +170,12 @@ class Connection:
     def send(self, data: bytes, deadline: float) -> None:
         sock = self.sock
         try:
-            # Requests almost always fit the socket buffer: one raw non-blocking send, without
-            # gevent's sendall (which asks the kernel for SO_SNDBUF on every call).
-            sent = sock._sock.send(data)  # type: ignore[attr-defined]
-        except BlockingIOError:
-            sent = 0
-        except OSError as e:
-            raise ConnectionLost(f"send failed: {e}", sent=False) from None
-        try:
-            if sent < len(data):
-                sock.settimeout(_remaining(deadline))
-                sock.sendall(memoryview(data)[sent:])
+            sock.settimeout(_remaining(deadline))
+            sockets.send_all(sock, sock._sock, data)  # type: ignore[attr-defined]
         except TimeoutError:
             raise ReadTimeout("send timed out") from None
         except OSError as e:
-            raise ConnectionLost(f"send failed: {e}", sent=sent > 0) from None
+            raise ConnectionLost(f"send failed: {e}", sent=False) from None
         self._awaiting = True
 
     def _recv(self, deadline: float) -> bytes:
@@ -194,7 +187,7 @@ class Connection:
                 # Just after a request the reply cannot be there yet: wait for it rather than
                 # pay for a recv that fails with EAGAIN.
                 self._awaiting = False
-                sock._wait(sock._read_event)  # type: ignore[attr-defined]
+                sockets.wait_readable(sock)
             chunk = sock.recv(RECV_BYTES)
         except TimeoutError:
             raise ReadTimeout("no reply before the deadline") from None

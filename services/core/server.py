@@ -44,7 +44,7 @@ from thrift.transport.TTransport import (
     TTransportException,
 )
 
-from services.core import framing
+from services.core import framing, sockets
 from services.core.context import ConnectionState
 from services.core.dispatch import (
     DEFAULT_DEADLINE_MS,
@@ -72,6 +72,8 @@ DEFAULT_DRAIN_GRACE_MS = 10_000
 DEFAULT_BACKLOG = 1024
 #: Bytes read from a socket at once.
 RECV_BYTES = 64 * 1024
+#: Replies larger than this are sent from their pieces (sendmsg) instead of joined first.
+GATHER_BYTES = 64 * 1024
 
 _I32 = struct.Struct(">i")
 
@@ -296,7 +298,7 @@ class ThriftServer:
                 if not self._fill(sock, buf, conn):
                     return
             conn.busy = True
-            replies = []
+            replies: list[bytes | list[bytes]] = []
             # Answer every complete frame already received in one write (pipelining).
             while len(buf) >= 4:
                 size = int.from_bytes(buf[:4], "big", signed=True)
@@ -307,14 +309,19 @@ class ThriftServer:
                 reply = self._serve_frame(frame, state, conn)
                 if reply:
                     replies.append(reply)
-            if replies:
-                _send_all(sock, replies[0] if len(replies) == 1 else b"".join(replies))
+            if len(replies) == 1 and type(replies[0]) is bytes:
+                sockets.send_all(sock, sock._sock, replies[0])  # type: ignore[attr-defined]
+            elif replies:
+                pieces: list[bytes] = []
+                for r in replies:
+                    pieces.extend((r,) if isinstance(r, bytes) else r)
+                sockets.send_pieces(sock, sock._sock, pieces)  # type: ignore[attr-defined]
             conn.last_active = time.monotonic()
             conn.busy = False
             if replies and not buf:
                 # The caller is only now reading its reply, so a recv would almost always
                 # fail with EAGAIN (a syscall and an exception): wait for its next request.
-                sock._wait(sock._read_event)  # type: ignore[attr-defined]
+                sockets.wait_readable(sock)
 
     @staticmethod
     def _fill(sock: socket.socket, buf: bytearray, conn: _Connection) -> bool:
@@ -325,7 +332,9 @@ class ThriftServer:
         conn.last_active = time.monotonic()
         return True
 
-    def _serve_frame(self, frame: bytes, state: ConnectionState, conn: _Connection) -> bytes:
+    def _serve_frame(self, frame: bytes, state: ConnectionState,
+                     conn: _Connection) -> bytes | list[bytes]:
+        """The framed reply (b"" for none); large ones stay in pieces, sent without a copy."""
         if frame[0] == framing.BINARY_FIRST:
             try:
                 reply = self.dispatcher.dispatch_binary(frame, conn.binary, state)
@@ -335,7 +344,10 @@ class ThriftServer:
                 return b""
             if reply is not NOT_FAST:
                 assert isinstance(reply, list)
-                return b"".join([_I32.pack(sum(map(len, reply))), *reply])
+                size = sum(map(len, reply))
+                if size > GATHER_BYTES:
+                    return [_I32.pack(size), *reply]
+                return b"".join([_I32.pack(size), *reply])
         header = None
         headers = None
         payload = frame
@@ -395,7 +407,7 @@ class ThriftServer:
                 self.metrics.incr("malformed_messages")
                 raise framing.FramingError(f"malformed unframed message: {e}") from None
             if replied:
-                _send_all(sock, otrans.getvalue())
+                sockets.send_all(sock, sock._sock, otrans.getvalue())  # type: ignore[attr-defined]
             conn.last_active = time.monotonic()
             conn.busy = False
 
@@ -440,17 +452,6 @@ def close_connections(connections: Collection[Closable], grace_s: float) -> bool
                 conn.greenlet.kill(block=False)
             return False
         gevent.sleep(0.01)
-
-
-def _send_all(sock: socket.socket, data: bytes) -> None:
-    """sendall, trying the raw non-blocking socket first: a small reply almost always fits
-    the socket buffer, and gevent's sendall costs more than the send itself."""
-    try:
-        sent = sock._sock.send(data)  # type: ignore[attr-defined]
-    except BlockingIOError:
-        sent = 0
-    if sent < len(data):
-        sock.sendall(memoryview(data)[sent:])
 
 
 def _message_id(payload: bytes, first: int) -> tuple[str, int]:

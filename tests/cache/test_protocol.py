@@ -32,7 +32,7 @@ class ScriptedSocket:
         self.sent += data
         return len(data)
 
-    def _wait(self, _event: object) -> None:
+    def _wait(self, _event: object) -> None:  # what sockets.wait_readable calls
         pass
 
     def settimeout(self, _t: float) -> None:

@@ -30,13 +30,20 @@ def recv(sock: Any, raw: socket.socket | None, size: int) -> bytes:
     (as gevent's `recv` does) costs a failed system call every time.
     """
     if raw is not None:
-        sock._wait(sock._read_event)
+        wait_readable(sock)
         try:
             return raw.recv(size)
         except BlockingIOError:
             pass
     data: bytes = sock.recv(size)
     return data
+
+
+def wait_readable(sock: Any) -> None:
+    """Waits (cooperatively, within the socket's timeout) until `sock` has bytes to read or
+    is closed. After a request is written the reply is rarely there yet: waiting first saves
+    the failed recv (a system call and an exception) that reading first would cost."""
+    sock._wait(sock._read_event)
 
 
 def send_all(sock: Any, raw: socket.socket | None, data: bytes) -> None:
@@ -50,3 +57,21 @@ def send_all(sock: Any, raw: socket.socket | None, data: bytes) -> None:
         if sent == len(data):
             return
     sock.sendall(memoryview(data)[sent:])
+
+
+def send_pieces(sock: Any, raw: socket.socket | None, pieces: list[bytes]) -> None:
+    """Sends the pieces in order without joining them first (a large reply is not copied):
+    one gathering sendmsg on the raw socket, then gevent's sendall for what did not fit."""
+    if raw is None or len(pieces) > 64:  # far below IOV_MAX; many pipelined replies
+        send_all(sock, raw, b"".join(pieces))
+        return
+    try:
+        sent = raw.sendmsg(pieces)
+    except BlockingIOError:
+        sent = 0
+    for piece in pieces:
+        if sent >= len(piece):
+            sent -= len(piece)
+            continue
+        sock.sendall(memoryview(piece)[sent:])
+        sent = 0
