@@ -230,7 +230,7 @@ class Dispatcher:
         if wire_fn is not None and result.err is None:
             return [method.reply_header, seqid, method.success_header, result.success, b"\0"]
         value = result.success if method.binary_success else None
-        if type(value) is bytes and result.err is None:
+        if isinstance(value, (bytes, bytearray)) and result.err is None:
             # The C encoder copies a large binary result byte by byte (~0.8 ms per MiB);
             # field 0, type STRING, then the bytes and the struct's stop byte.
             return [method.reply_header, seqid, _BINARY_SUCCESS, _I32.pack(len(value)), value,
@@ -273,6 +273,10 @@ class Dispatcher:
         result = self.call(method, args, conn, headers)
         if method.result_cls is None:
             return False
+        if method.binary_success and type(result.success) is bytearray:
+            # A handler may answer a large binary as a bytearray (see dispatch_binary); the
+            # generic encoders want bytes.
+            result.success = bytes(result.success)
         oprot.writeMessageBegin(method.name, TMessageType.REPLY, seqid)
         result.write(oprot)
         oprot.writeMessageEnd()

@@ -23,18 +23,23 @@ Connections
 
 Failures are `StorageFailure` (the caller decides between 502 and trying elsewhere); a
 response body over the caller's limit is 413.
+
+The HTTP/1.1 client is this module's own (`HttpConnection`): what storage nodes need of
+HTTP is small (Content-Length or chunked bodies, keep-alive), and `http.client` spent more
+CPU per request than a storage node takes to answer a small GET (its header parsing goes
+through the email package): 330 µs against 170 µs per 1-byte GET here.
 """
 
 from __future__ import annotations
 
-import http.client
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 import gevent.lock
 
-from services.core import errors
+from services.core import errors, sockets
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,8 @@ DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_POOL_WAIT_S = 10.0
 #: Bytes read from a response at a time when streaming.
 READ_BYTES = 1024 * 1024
+#: Longest status line plus headers accepted from a storage node.
+MAX_HEAD_BYTES = 64 * 1024
 
 
 class StorageFailure(Exception):
@@ -66,7 +73,165 @@ def _split(url: str) -> tuple[str, int, str]:
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise StorageFailure(url, "not an http:// URL")
-    return parts.hostname, parts.port or 80, parts.path or "/"
+    path = parts.path or "/"
+    if any(c <= " " or c == "\x7f" for c in path):
+        raise StorageFailure(url, "the path holds spaces or control characters")
+    return parts.hostname, parts.port or 80, path
+
+
+class HttpError(Exception):
+    """The node's answer is not HTTP as expected (a StorageFailure for the caller)."""
+
+
+class StaleConnection(Exception):
+    """A kept-alive connection was closed by the node before it answered anything."""
+
+
+class HttpConnection:
+    """One keep-alive HTTP/1.1 connection to a storage node.
+
+    `send_head` writes a request line and headers, `send` body bytes, `response` reads the
+    answer: (status, lower-case headers, body, whether the connection may be reused).
+    Socket errors and timeouts are OSError; a malformed answer is HttpError.
+    """
+
+    def __init__(self, host: str, port: int, connect_timeout_s: float,
+                 io_timeout_s: float) -> None:
+        self.host_header = f"{host}:{port}"
+        sock = socket.create_connection((host, port), connect_timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(io_timeout_s)
+        self.sock = sock
+        self.raw = sockets.raw_of(sock)
+        self.buf = bytearray()
+
+    def send_head(self, method: str, path: str, headers: dict[str, str],
+                  body: bytes | None = None) -> None:
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if body is None:
+            sockets.send_all(self.sock, self.raw, head)
+        else:
+            sockets.send_pieces(self.sock, self.raw, [head, body])
+
+    def send(self, data: bytes) -> None:
+        sockets.send_all(self.sock, self.raw, data)
+
+    def _fill(self) -> int:
+        data = sockets.recv(self.sock, self.raw, READ_BYTES)
+        self.buf += data
+        return len(data)
+
+    def response(self, method: str, max_bytes: int | None = None,
+                 url: str = "") -> tuple[int, dict[str, str], bytes, bool]:
+        """Reads one answer. A Content-Length over `max_bytes` (on a success status) raises
+        413 before the body is read; the connection is then not reusable (closed by the
+        caller)."""
+        end = self.buf.find(b"\r\n\r\n")
+        while end < 0:
+            if len(self.buf) > MAX_HEAD_BYTES:
+                raise HttpError(f"response head over {MAX_HEAD_BYTES} bytes")
+            if not self._fill():
+                if not self.buf:
+                    raise StaleConnection("closed before answering")
+                raise HttpError("connection closed inside the response head")
+            end = self.buf.find(b"\r\n\r\n")
+        head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+        del self.buf[: end + 4]
+        version, _, rest = head[0].partition(" ")
+        code = rest[:3]
+        if not version.startswith("HTTP/1.") or not code.isdigit():
+            raise HttpError(f"not an HTTP/1.x status line: {head[0][:80]!r}")
+        status = int(code)
+        headers: dict[str, str] = {}
+        for line in head[1:]:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise HttpError(f"malformed header line: {line[:80]!r}")
+            headers[name.strip().lower()] = value.strip()
+        connection = headers.get("connection", "").lower()
+        keep = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            return status, headers, b"", keep
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            return status, headers, self._chunked(max_bytes, status, url), keep
+        length = headers.get("content-length")
+        if length is None:
+            return status, headers, self._until_close(max_bytes, status, url), False
+        if not length.isdigit():
+            raise HttpError(f"bad Content-Length {length!r}")
+        size = int(length)
+        _check_size(size, max_bytes, status, url)
+        return status, headers, self._exactly(size), keep
+
+    def _exactly(self, size: int) -> bytes:
+        buf = self.buf
+        if len(buf) >= size:
+            data = bytes(buf[:size])
+            del buf[:size]
+            return data
+        out = bytearray(size)
+        have = len(buf)
+        out[:have] = buf
+        buf.clear()
+        view = memoryview(out)
+        while have < size:
+            sockets.wait_readable(self.sock)
+            n = self.sock.recv_into(view[have:])
+            if not n:
+                raise HttpError(f"connection closed {size - have} bytes before the body's end")
+            have += n
+        # Not copied into a bytes object: a large body goes back to the caller as it is (the
+        # server's binary fast path sends a bytearray as the result without a copy).
+        return out  # type: ignore[return-value]
+
+    def _line(self) -> bytes:
+        end = self.buf.find(b"\r\n")
+        while end < 0:
+            if len(self.buf) > MAX_HEAD_BYTES:
+                raise HttpError("chunk header too long")
+            if not self._fill():
+                raise HttpError("connection closed inside a chunked body")
+            end = self.buf.find(b"\r\n")
+        line = bytes(self.buf[:end])
+        del self.buf[: end + 2]
+        return line
+
+    def _chunked(self, max_bytes: int | None, status: int, url: str) -> bytes:
+        pieces: list[bytes] = []
+        total = 0
+        while True:
+            size_text = self._line().split(b";")[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise HttpError(f"bad chunk size {size_text[:20]!r}") from None
+            if size == 0:
+                while self._line():  # trailers, up to the empty line
+                    pass
+                return b"".join(pieces)
+            total += size
+            _check_size(total, max_bytes, status, url)
+            pieces.append(self._exactly(size))
+            if self._exactly(2) != b"\r\n":
+                raise HttpError("chunk not followed by CRLF")
+
+    def _until_close(self, max_bytes: int | None, status: int, url: str) -> bytes:
+        while self._fill():
+            _check_size(len(self.buf), max_bytes, status, url)
+        data = bytes(self.buf)
+        self.buf.clear()
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _check_size(size: int, max_bytes: int | None, status: int, url: str) -> None:
+    if max_bytes is not None and size > max_bytes and status < 300:
+        raise errors.too_large(f"{url} holds {size} bytes, more than {max_bytes} in one call",
+                               length=size, limit=max_bytes)
 
 
 class StorageClient:
@@ -82,28 +247,20 @@ class StorageClient:
         self.pool_size = pool_size
         self.max_connections = max_connections
         self.pool_wait_s = pool_wait_s
-        self._idle: dict[tuple[str, int], list[http.client.HTTPConnection]] = {}
+        self._idle: dict[tuple[str, int], list[HttpConnection]] = {}
         self._slots: dict[tuple[str, int], gevent.lock.BoundedSemaphore] = {}
 
     # -- connections -----------------------------------------------------------------------
 
-    def connect(self, url: str, host: str, port: int) -> http.client.HTTPConnection:
+    def connect(self, url: str, host: str, port: int) -> HttpConnection:
         """A new connection to (host, port), connected; StorageFailure when that fails."""
-        conn = http.client.HTTPConnection(host, port, timeout=self.connect_timeout_s)
         try:
-            conn.connect()
+            return HttpConnection(host, port, self.connect_timeout_s, self.io_timeout_s)
         except OSError as e:
-            conn.close()
             raise StorageFailure(url, f"connect failed: {e}") from None
-        except BaseException:
-            conn.close()
-            raise
-        assert conn.sock is not None
-        conn.sock.settimeout(self.io_timeout_s)
-        return conn
 
     def _take(self, url: str, host: str, port: int,
-              fresh: bool) -> tuple[http.client.HTTPConnection, bool]:
+              fresh: bool) -> tuple[HttpConnection, bool]:
         idle = self._idle.get((host, port))
         if idle and not fresh:
             return idle.pop(), True
@@ -113,7 +270,7 @@ class StorageClient:
         for conn in self._idle.pop((host, port), []):
             conn.close()
 
-    def _give(self, host: str, port: int, conn: http.client.HTTPConnection) -> None:
+    def _give(self, host: str, port: int, conn: HttpConnection) -> None:
         idle = self._idle.setdefault((host, port), [])
         if len(idle) < self.pool_size:
             idle.append(conn)
@@ -145,26 +302,20 @@ class StorageClient:
             done = False
             try:
                 try:
-                    conn.request(method, path, body=body, headers=headers)
-                    resp = conn.getresponse()
-                except (http.client.RemoteDisconnected, BrokenPipeError,
-                        ConnectionResetError) as e:
+                    if body is not None or method in ("PUT", "POST"):
+                        headers = {**headers, "Content-Length": str(len(body or b""))}
+                    conn.send_head(method, path, headers, body)
+                    status, hdrs, data, keep = conn.response(method, max_bytes, url)
+                except (StaleConnection, BrokenPipeError, ConnectionResetError) as e:
                     if reused and attempt == 0:
                         # The node closed idle keep-alive connections (a restart, an idle
                         # timeout): the others kept are as stale; try on a new one.
                         self._drop_idle(host, port)
                         continue
                     raise StorageFailure(url, f"{method} failed: {e!r}") from None
-                hdrs = {k.lower(): v for k, v in resp.getheaders()}
-                length = int(hdrs.get("content-length", "-1") or -1)
-                if max_bytes is not None and length > max_bytes and resp.status < 300:
-                    raise errors.too_large(
-                        f"{url} holds {length} bytes, more than {max_bytes} in one call",
-                        length=length, limit=max_bytes)
-                data = resp.read()
-                done = not resp.will_close
-                return resp.status, hdrs, data
-            except (OSError, http.client.HTTPException) as e:
+                done = keep
+                return status, hdrs, data
+            except (OSError, HttpError, StaleConnection) as e:
                 raise StorageFailure(url, f"{method} failed: {e!r}") from None
             finally:
                 if done:
@@ -262,12 +413,10 @@ class ChunkedPut:
     def __init__(self, client: StorageClient, url: str) -> None:
         self.url = url
         host, port, path = _split(url)
-        self._conn: http.client.HTTPConnection | None = client.connect(url, host, port)
+        self._conn: HttpConnection | None = client.connect(url, host, port)
         try:
-            self._conn.putrequest("PUT", path, skip_accept_encoding=True)
-            self._conn.putheader("Transfer-Encoding", "chunked")
-            self._conn.putheader("Content-Type", "application/octet-stream")
-            self._conn.endheaders()
+            self._conn.send_head("PUT", path, {"Transfer-Encoding": "chunked",
+                                               "Content-Type": "application/octet-stream"})
         except OSError as e:
             self.close()
             raise StorageFailure(url, f"PUT failed: {e!r}") from None
@@ -275,7 +424,7 @@ class ChunkedPut:
             self.close()
             raise
 
-    def _sock(self) -> http.client.HTTPConnection:
+    def _sock(self) -> HttpConnection:
         if self._conn is None:
             raise StorageFailure(self.url, "upload stream is closed")
         return self._conn
@@ -287,9 +436,7 @@ class ChunkedPut:
         conn = self._sock()
         ok = False
         try:
-            conn.send(b"%x\r\n" % len(data))
-            conn.send(data)
-            conn.send(b"\r\n")
+            sockets.send_pieces(conn.sock, conn.raw, [b"%x\r\n" % len(data), data, b"\r\n"])
             ok = True
         except OSError as e:
             raise StorageFailure(self.url, f"PUT body failed: {e!r}") from None
@@ -302,10 +449,8 @@ class ChunkedPut:
         conn = self._sock()
         try:
             conn.send(b"0\r\n\r\n")
-            resp = conn.getresponse()
-            resp.read()
-            status = resp.status
-        except (OSError, http.client.HTTPException) as e:
+            status = conn.response("PUT", url=self.url)[0]
+        except (OSError, HttpError, StaleConnection) as e:
             raise StorageFailure(self.url, f"PUT failed: {e!r}") from None
         finally:
             self.close()

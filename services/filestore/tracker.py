@@ -52,7 +52,7 @@ from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 import gevent.lock
 
-from services.core import errors
+from services.core import errors, sockets
 from services.core.errors import ErrorCode, ServiceError
 
 log = logging.getLogger(__name__)
@@ -173,13 +173,14 @@ class _Broken(Exception):
 class _Connection:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.raw = sockets.raw_of(sock)
         self.buf = bytearray()
 
     def request(self, line: bytes, io_timeout_s: float) -> bytes:
         """Sends one request line and returns the reply line (no CRLF); raises `_Broken`."""
         self.sock.settimeout(io_timeout_s)
         try:
-            self.sock.sendall(line)
+            sockets.send_all(self.sock, self.raw, line)
         except OSError as e:
             # Nothing may have arrived, but a partial line could still have: only reads retry.
             raise _Broken(True, f"send failed: {e}") from None
@@ -192,7 +193,7 @@ class _Connection:
                     return reply
                 if len(self.buf) > MAX_REPLY_BYTES:
                     raise _Broken(True, f"reply longer than {MAX_REPLY_BYTES} bytes")
-                chunk = self.sock.recv(65536)
+                chunk = sockets.recv(self.sock, self.raw, 65536)
                 if not chunk:
                     raise _Broken(True, "tracker closed the connection")
                 self.buf += chunk
