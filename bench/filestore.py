@@ -4,7 +4,9 @@ Rows (each the median of `rounds` alternating rounds of `seconds` each, one call
 
 * store 1 MiB: `store` through glammp against create_open + PUT + create_close done directly
   by this process (class mindevcount=1, so replication does not compete).
-* fetch 1 MiB: `fetch` through glammp against get_paths + GET done directly.
+* fetch 1 MiB: `fetch` through glammp against get_paths + GET done directly; and again with
+  the service's path cache on (a memcached), as a frontend's hot file is read in production
+  (no goal: the direct side has no cache).
 * 100 MiB streamed store and fetch, MiB/s: an upload session (4 MiB chunks) and ranged reads
   against one streamed PUT and one GET; the notes give the service's peak RSS (VmHWM).
 
@@ -26,8 +28,9 @@ from urllib.parse import urlsplit
 
 from bench.harness import LOAD_CPU, Row, median, served
 from glammp.filestore.ttypes import StoreOptions
+from services.cache.local import memcached_argv
 from services.client import connect
-from services.core.children import free_port
+from services.core.children import Child, free_port
 from services.mogilefs.client import TrackerClient
 from services.mogilefs.devcluster import DevCluster
 
@@ -52,13 +55,16 @@ def _peak_rss_mib(pid: int) -> float:
 
 
 @contextmanager
-def _service(tmp: str, trackers: list[str]) -> Iterator[tuple[int, int]]:
+def _service(tmp: str, trackers: list[str],
+             path_cache: str | None = None) -> Iterator[tuple[int, int]]:
     port = free_port()
-    conf = os.path.join(tmp, "glammp.toml")
+    conf = os.path.join(tmp, f"glammp-{port}.toml")
     with open(conf, "w") as f:
         f.write(f"[server]\nport = {port}\nadmin_port = -1\n"
                 f"[filestore]\ntrackers = {trackers!r}\n".replace("'", '"'))
-    log = os.path.join(tmp, "filestore.log")
+        if path_cache:
+            f.write(f'[filestore.path_cache]\nservers = ["{path_cache}"]\n')
+    log = os.path.join(tmp, f"filestore-{port}.log")
     argv = [sys.executable, "-m", "services.cli", "-c", conf, "filestore"]
     with served(argv, port, log) as pid:
         yield port, pid
@@ -147,13 +153,36 @@ def rows(seconds: float, rounds: int) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="glammp-bench-fs-") as tmp:
         cluster = DevCluster(os.path.join(tmp, "mogilefs"),
                              tracker_options={"min_free_space_mb": 1}).start()
+        mport = free_port()
+        mc = Child("memcached", memcached_argv(mport), "127.0.0.1", mport,
+                   os.path.join(tmp, "memcached.log")).start()
         try:
             with _service(tmp, cluster.trackers) as (port, pid), \
                     _client(port) as c:
-                return _measure(c, pid, Direct(cluster.tracker_port, cluster.domain),
-                                seconds, rounds)
+                out = _measure(c, pid, Direct(cluster.tracker_port, cluster.domain),
+                               seconds, rounds)
+            with _service(tmp, cluster.trackers, mc.address) as (port, _), \
+                    _client(port) as c:
+                out.insert(2, _cached_fetch(c, Direct(cluster.tracker_port, cluster.domain),
+                                            seconds, rounds))
+            return out
         finally:
+            mc.stop()
             cluster.stop()
+
+
+def _cached_fetch(c: Any, direct: Direct, seconds: float, rounds: int) -> Row:
+    c.store("", "bench/cached", ONE, StoreOptions(storage_class=CLASS))
+    direct.store("bench/cached-direct", ONE, MIB)
+    ours: list[float] = []
+    theirs: list[float] = []
+    for _ in range(rounds):
+        ours.append(_loop(seconds, lambda: c.fetch("", "bench/cached", None)))
+        theirs.append(_loop(seconds, lambda: direct.fetch("bench/cached-direct")))
+    direct.close()
+    return Row("filestore fetch 1 MiB, paths cached", median(ours), median(theirs), "ops/s",
+               "tracker+HTTP direct (no cache)",
+               notes="the service's path cache in memcached: no tracker call per fetch")
 
 
 def _measure(c: Any, pid: int, direct: Direct, seconds: float, rounds: int) -> list[Row]:

@@ -47,7 +47,7 @@ from thrift.protocol.TProtocol import TProtocolBase, TProtocolException
 from thrift.Thrift import TApplicationException, TMessageType, TType
 
 from glammp.common.ttypes import ServiceError
-from services.core import errors
+from services.core import binary, errors
 from services.core.context import CallContext, ConnectionState, set_current
 from services.core.metrics import Metrics
 
@@ -104,6 +104,9 @@ class Method:
     result_type: list[Any] | None = None
     #: The result's success is `binary` (e.g. Filestore.fetch): written without the encoder.
     binary_success: bool = False
+    #: The result's encoder: Thrift's C encoder, or `binary.encode_binary` for results that
+    #: may carry a large binary value (which the C encoder copies byte by byte).
+    encode: Callable[[Any, Any], bytes] = _encode_binary
     #: The handler's `<method>_wire`, and the success field's header for what it returns.
     wire_fn: Callable[..., bytes] | None = None
     success_header: bytes = b""
@@ -180,6 +183,9 @@ class Dispatcher:
                     has_success=has_success,
                     binary_success=binary_success,
                     wire_fn=wire_fn,
+                    encode=(binary.encode_binary
+                            if result_cls is not None and binary.spec_holds_binary(
+                                result_cls.thrift_spec) else _encode_binary),
                     success_header=b"" if success_spec is None else bytes([success_spec[1], 0, 0]),
                     reply_header=_REPLY_HEADER + _I32.pack(len(name.encode())) + name.encode(),
                     fn=fn,
@@ -235,7 +241,7 @@ class Dispatcher:
             # field 0, type STRING, then the bytes and the struct's stop byte.
             return [method.reply_header, seqid, _BINARY_SUCCESS, _I32.pack(len(value)), value,
                     b"\0"]
-        return [method.reply_header, seqid, _encode_binary(result, method.result_type)]
+        return [method.reply_header, seqid, method.encode(result, method.result_type)]
 
     def dispatch(
         self,
