@@ -327,12 +327,11 @@ class Dispatcher:
             )
             set_current(ctx)
             self.metrics.active += 1
-            # Calls on a connection are sequential, so its timers can be reused (until one
-            # fires, below).
-            timer = conn.timers.get(budget_s)
-            if timer is None:
-                timer = conn.timers[budget_s] = errors.DeadlineExceeded(budget_s)
+            # A connection's timers are reused (until one fires, below); a call takes its
+            # timer out while it runs, so pipelined calls served at once never share one.
+            timer = conn.timers.pop(budget_s, None) or errors.DeadlineExceeded(budget_s)
             timer.start()
+            fired = False
             try:
                 value = (fn or method.fn)(*[getattr(args, a) for a in method.arg_names])
             except ServiceError as e:
@@ -342,7 +341,7 @@ class Dispatcher:
                     raise
                 # A gevent Timeout restarted after it fired can fire again at once: never
                 # reuse one that has fired.
-                conn.timers.pop(budget_s, None)
+                fired = True
                 err = errors.timeout(
                     f"{method.service}.{method.name} did not finish within "
                     f"{budget_s * 1000:.0f} ms",
@@ -361,6 +360,8 @@ class Dispatcher:
                 )
             finally:
                 timer.cancel()
+                if not fired:
+                    conn.timers[budget_s] = timer
                 self.metrics.active -= 1
                 set_current(None)
         code = 0

@@ -298,17 +298,21 @@ class ThriftServer:
                 if not self._fill(sock, buf, conn):
                     return
             conn.busy = True
-            replies: list[bytes | list[bytes]] = []
-            # Answer every complete frame already received in one write (pipelining).
+            # Every complete frame already received (a pipelining caller such as the gateway
+            # sends several at once) is served, concurrently, and answered in one write, in
+            # the order received.
+            frames = []
             while len(buf) >= 4:
                 size = int.from_bytes(buf[:4], "big", signed=True)
                 if size <= 0 or size > max_frame or len(buf) < 4 + size:
                     break
-                frame = bytes(buf[4 : 4 + size])
+                frames.append(bytes(buf[4 : 4 + size]))
                 del buf[: 4 + size]
-                reply = self._serve_frame(frame, state, conn)
-                if reply:
-                    replies.append(reply)
+            if len(frames) == 1:
+                served = [self._serve_frame(frames[0], state, conn)]
+            else:
+                served = self._serve_concurrently(frames, state, conn)
+            replies = [r for r in served if r]
             if len(replies) == 1 and type(replies[0]) is bytes:
                 sockets.send_all(sock, sock._sock, replies[0])  # type: ignore[attr-defined]
             elif replies:
@@ -322,6 +326,19 @@ class ThriftServer:
                 # The caller is only now reading its reply, so a recv would almost always
                 # fail with EAGAIN (a syscall and an exception): wait for its next request.
                 sockets.wait_readable(sock)
+
+    def _serve_concurrently(self, frames: list[bytes], state: ConnectionState,
+                            conn: _Connection) -> list[bytes | list[bytes]]:
+        """`_serve_frame` for each frame, each in its own greenlet (started in order, so a
+        oneway write is buffered before a later read on the connection flushes it); the
+        replies in the frames' order. An error in one (a malformed THeader frame) is raised
+        once all are done."""
+        greenlets = [gevent.spawn(self._serve_frame, frame, state, conn) for frame in frames]
+        try:
+            gevent.joinall(greenlets)
+        finally:
+            gevent.killall([g for g in greenlets if not g.dead])
+        return [g.get() for g in greenlets]
 
     @staticmethod
     def _fill(sock: socket.socket, buf: bytearray, conn: _Connection) -> bool:

@@ -11,9 +11,14 @@ import gevent
 import pytest
 from thrift.protocol.TBinaryProtocol import TBinaryProtocol
 from thrift.protocol.TMultiplexedProtocol import TMultiplexedProtocol
-from thrift.Thrift import TApplicationException
+from thrift.Thrift import TApplicationException, TMessageType
 from thrift.transport.TSocket import TSocket
-from thrift.transport.TTransport import TFramedTransport, TTransportException
+from thrift.transport.TTransport import (
+    TFramedTransport,
+    TMemoryBuffer,
+    TTransportBase,
+    TTransportException,
+)
 
 import glammp.cache.Cache
 from glammp.base.ttypes import Status
@@ -298,3 +303,40 @@ def test_a_deadline_that_fired_does_not_cut_the_next_call_short(server):
                 c.get("sleep:1.2", None)  # the method's deadline is 1000 ms
             assert e.value.code == ErrorCode.TIMEOUT
             assert c.get("sleep:0.3", None).value == b"sleep:0.3"
+
+
+def test_pipelined_frames_are_served_concurrently_and_answered_in_order(server):
+    # The first call waits for the second: served one after the other, it would end in
+    # its 1000 ms deadline (504) before the second ever ran.
+    host, port = server.server.address
+    frames = b"".join(_get_frame(key, seqid) for seqid, key in
+                      enumerate(["wait:p1", "set:p1", "plain"], start=7))
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(frames)
+        trans = TFramedTransport(_SocketTransport(s))
+        proto = TBinaryProtocol(trans)
+        for seqid, key in enumerate(["wait:p1", "set:p1", "plain"], start=7):
+            name, _, sid = proto.readMessageBegin()
+            result = glammp.cache.Cache.get_result()
+            result.read(proto)
+            proto.readMessageEnd()
+            assert (name, sid) == ("get", seqid)
+            assert result.err is None and result.success.value == key.encode()
+
+
+def _get_frame(key: str, seqid: int) -> bytes:
+    buf = TMemoryBuffer()
+    proto = TMultiplexedProtocol(TBinaryProtocol(buf), "Cache")
+    proto.writeMessageBegin("get", TMessageType.CALL, seqid)
+    glammp.cache.Cache.get_args(key=key, opts=None).write(proto)
+    proto.writeMessageEnd()
+    body = buf.getvalue()
+    return struct.pack(">i", len(body)) + body
+
+
+class _SocketTransport(TTransportBase):
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def read(self, sz: int) -> bytes:
+        return self.sock.recv(sz)

@@ -6,6 +6,7 @@
 * ``boom``: raises an undeclared exception (RuntimeError);
 * ``missing``: raises ServiceError(404);
 * ``pid``: the serving process's pid;
+* ``wait:<name>`` waits (within its deadline) until a ``set:<name>`` call arrives;
 * anything else: found, value = key.
 
 Run as a process: ``python -m tests.core.serve_testapp PORT [PROCESSES] [MAX_INFLIGHT]``.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 
 import gevent
+import gevent.event
 
 import glammp.cache.Cache
 from glammp.cache.ttypes import Item
@@ -25,8 +27,18 @@ from services.core.dispatch import Mount
 
 
 class MisbehavingCache:
+    def __init__(self) -> None:
+        self.events: dict[str, gevent.event.Event] = {}
+
     def get(self, key: str, opts: object) -> Item:
-        if key.startswith("sleep:"):
+        if key.startswith(("wait:", "set:")):
+            verb, _, name = key.partition(":")
+            event = self.events.setdefault(name, gevent.event.Event())
+            if verb == "set":
+                event.set()
+            else:
+                event.wait()
+        elif key.startswith("sleep:"):
             gevent.sleep(float(key[6:]))
         elif key == "boom":
             raise RuntimeError("a bug in a handler")
