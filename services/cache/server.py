@@ -33,7 +33,7 @@ from functools import partial
 from typing import TypeVar
 
 import gevent
-from gevent.event import AsyncResult
+from gevent.hub import Waiter, get_hub
 from gevent.lock import BoundedSemaphore
 
 from services.cache.protocol import (
@@ -101,7 +101,7 @@ class Server:
         self.down = False
         self.down_since = 0.0
         self._prober: gevent.Greenlet | None = None
-        self._queue: deque[tuple[bytes, AsyncResult]] = deque()
+        self._queue: deque[tuple[bytes, Waiter]] = deque()
         self._batchers = 0
         self._batcher_starting = False
         self._direct = False
@@ -295,7 +295,7 @@ class Server:
             finally:
                 self._direct = False
             return found.get(key)
-        waiter: AsyncResult = AsyncResult()
+        waiter: Waiter = Waiter()
         self._queue.append((key, waiter))
         # One more batcher only when none is waiting to start (it will take this read too)
         # and every running one is busy with a round trip.
@@ -303,27 +303,35 @@ class Server:
             self._batchers += 1
             self._batcher_starting = True
             gevent.spawn(self._batch_loop)
+        # The batcher hands the answer over with `Waiter.switch` (or `throw`); a caller that
+        # gave up has left the waiter, and a late answer is then only stored in it.
         ctx = current_call()
         if ctx is not None and deadline >= ctx.deadline:
             # The server's deadline timer already bounds this greenlet and will interrupt
             # the wait; a second timer per read costs more than the rest of the hand-off.
-            waiter.wait()
-        else:
-            # wait() rather than get(timeout=): a gevent.Timeout belongs to whoever set it.
-            waiter.wait(max(0.0, deadline - time.monotonic()))
-        if not waiter.ready():
+            result: ValueTuple | None = waiter.get()
+            return result
+        timer = gevent.Timeout(max(0.0, deadline - time.monotonic()))
+        timer.start()
+        try:
+            result = waiter.get()
+            return result
+        except gevent.Timeout as t:
+            if t is not timer:
+                raise
             raise errors.timeout(
                 f"memcached {self.address} did not answer in time", retryable=True,
                 server=self.address,
-            )
-        result: ValueTuple | None = waiter.get(block=False)
-        return result
+            ) from None
+        finally:
+            timer.close()
 
     def _batch_loop(self) -> None:
         self._batcher_starting = False
+        hand_over = get_hub().loop.run_callback  # Waiter.switch/throw run in the hub
         try:
             while self._queue:
-                batch: list[tuple[bytes, AsyncResult]] = []
+                batch: list[tuple[bytes, Waiter]] = []
                 while self._queue and len(batch) < self.settings.batch_max_keys:
                     batch.append(self._queue.popleft())
                 keys = list(dict.fromkeys(key for key, _ in batch))
@@ -334,17 +342,16 @@ class Server:
                     found = self.call(partial(_gets, keys=keys), deadline, idempotent=True)
                 except ServiceError as e:
                     for _, waiter in batch:
-                        waiter.set_exception(e)
+                        hand_over(waiter.throw, e)
                     continue
                 except BaseException as e:
                     # Killed (shutdown): the waiters must not wait for their deadline.
+                    lost = errors.unavailable(f"read of {self.address} interrupted: {e!r}")
                     for _, waiter in batch:
-                        waiter.set_exception(
-                            errors.unavailable(f"read of {self.address} interrupted: {e!r}")
-                        )
+                        hand_over(waiter.throw, lost)
                     raise
                 for key, waiter in batch:
-                    waiter.set(found.get(key))
+                    hand_over(waiter.switch, found.get(key))
         finally:
             self._batchers -= 1
 
