@@ -32,8 +32,10 @@ from services.core import sockets
 
 #: Bytes asked of the kernel per recv.
 RECV_BYTES = 256 * 1024
-#: A VALUE header of a get/gets/gat/gats reply: key, flags, bytes, optional cas.
 _META_STATUSES = frozenset({b"VA", b"HD", b"EN", b"NF", b"NS", b"EX"})
+#: Replies up to this size are first tried in bulk (`_whole_reply`); a larger one is mostly
+#: one big value, which splitting at CRLFs would only copy.
+BULK_PARSE_BYTES = 256 * 1024
 #: A connection's buffer is compacted once this many consumed bytes pile up at its front.
 COMPACT_BYTES = 64 * 1024
 
@@ -260,7 +262,7 @@ class Connection:
         # complete yet is read on (`_more`) and parsed again from its start.
         found: dict[bytes, tuple[int, bytes, int]] = {}
         data = self._take() or self._recv(deadline)
-        if data.endswith(b"END\r\n"):
+        if len(data) <= BULK_PARSE_BYTES and data.endswith(b"END\r\n"):
             whole = _whole_reply(data)
             if whole is not None:
                 return whole

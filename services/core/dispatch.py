@@ -329,7 +329,9 @@ class Dispatcher:
             self.metrics.active += 1
             # A connection's timers are reused (until one fires, below); a call takes its
             # timer out while it runs, so pipelined calls served at once never share one.
-            timer = conn.timers.pop(budget_s, None) or errors.DeadlineExceeded(budget_s)
+            timer = conn.timers.pop(budget_s, None)
+            if timer is None:
+                timer = errors.DeadlineExceeded(budget_s)
             timer.start()
             fired = False
             try:

@@ -333,12 +333,24 @@ class ThriftServer:
         oneway write is buffered before a later read on the connection flushes it); the
         replies in the frames' order. An error in one (a malformed THeader frame) is raised
         once all are done."""
-        greenlets = [gevent.spawn(self._serve_frame, frame, state, conn) for frame in frames]
+
+        def serve(frame: bytes) -> tuple[bytes | list[bytes], Exception | None]:
+            # Errors are returned, not raised in the greenlet (where gevent would print them).
+            try:
+                return self._serve_frame(frame, state, conn), None
+            except Exception as e:
+                return b"", e
+
+        greenlets = [gevent.spawn(serve, frame) for frame in frames]
         try:
             gevent.joinall(greenlets)
         finally:
             gevent.killall([g for g in greenlets if not g.dead])
-        return [g.get() for g in greenlets]
+        served = [g.get() for g in greenlets]
+        for _, error in served:
+            if error is not None:
+                raise error
+        return [reply for reply, _ in served]
 
     @staticmethod
     def _fill(sock: socket.socket, buf: bytearray, conn: _Connection) -> bool:

@@ -144,6 +144,10 @@ class HttpConnection:
         if not version.startswith("HTTP/1.") or not code.isdigit():
             raise HttpError(f"not an HTTP/1.x status line: {head[0][:80]!r}")
         status = int(code)
+        if 100 <= status < 200:
+            # An interim answer (100 Continue, which a server may send unasked): the real
+            # one follows.
+            return self.response(method, max_bytes, url)
         headers: dict[str, str] = {}
         for line in head[1:]:
             name, sep, value = line.partition(":")
@@ -152,7 +156,7 @@ class HttpConnection:
             headers[name.strip().lower()] = value.strip()
         connection = headers.get("connection", "").lower()
         keep = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        if method == "HEAD" or status in (204, 304):
             return status, headers, b"", keep
         if headers.get("transfer-encoding", "").lower() == "chunked":
             return status, headers, self._chunked(max_bytes, status, url), keep
@@ -177,7 +181,7 @@ class HttpConnection:
         buf.clear()
         view = memoryview(out)
         while have < size:
-            sockets.wait_readable(self.sock)
+            # gevent's recv_into reads first: mid-body, more bytes are usually there.
             n = self.sock.recv_into(view[have:])
             if not n:
                 raise HttpError(f"connection closed {size - have} bytes before the body's end")
