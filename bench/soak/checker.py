@@ -56,6 +56,8 @@ class Final:
     runs: set[str] = field(default_factory=set)
     rss_start: dict[str, int | None] = field(default_factory=dict)
     rss_end: dict[str, int | None] = field(default_factory=dict)
+    #: RSS of every process at each tenth of the load (to tell growth from a plateau).
+    rss_during: list[dict[str, int | None]] = field(default_factory=list)
 
 
 @dataclass

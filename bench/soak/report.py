@@ -71,10 +71,11 @@ def text(verdict: Verdict, records: Sequence[dict[str, Any]], events: Sequence[d
         state = "held" if inv.held else f"VIOLATED ({inv.violations})"
         lines.append(f"  {inv.name:<19} {state:<16} checked {inv.checked}")
         lines += [f"      {example}" for example in inv.examples]
-    lines += ["", "memory (RSS, MiB) at start -> end:"]
+    lines += ["", "memory (RSS, MiB) at start -> end, and at each tenth of the load:"]
     for name in sorted(final.rss_start):
         before, after = final.rss_start[name], final.rss_end.get(name)
-        lines.append(f"  {name:<16} {_mib(before):>7} -> {_mib(after):>7}")
+        during = " ".join(f"{_mib(s.get(name)):>6}" for s in final.rss_during)
+        lines.append(f"  {name:<16} {_mib(before):>7} -> {_mib(after):>7}   {during}")
     return "\n".join(lines) + "\n"
 
 

@@ -75,6 +75,14 @@ class Options:
         return cls(**{**base, **changes})
 
 
+def _sample_rss(deployment: Deployment, start_at: float, duration_s: float,
+                samples: list[dict[str, int | None]]) -> None:
+    """Appends every process's RSS at each tenth of the load."""
+    for tenth in range(1, 11):
+        time.sleep(max(0.0, start_at + duration_s * tenth / 10 - time.time()))
+        samples.append(deployment.rss())
+
+
 def _probe(port: int) -> bool:
     """Whether each service answers a real call through the gateway."""
     try:
@@ -197,6 +205,8 @@ def run(opts: Options) -> checker.Verdict:
         drivers = _start_drivers(opts, port, start_at)
         plan = faults.plan(opts.seed, opts.duration_s,
                            opts.fault_count or faults.default_count(opts.duration_s))
+        rss_during: list[dict[str, int | None]] = []
+        sampler = gevent.spawn(_sample_rss, deployment, start_at, opts.duration_s, rss_during)
         with open(os.path.join(opts.out_dir, "faults.jsonl"), "w") as log:
             schedule = faults.Schedule(deployment, plan, log)
             schedule.run(start_at, start_at + opts.duration_s)
@@ -211,8 +221,9 @@ def run(opts: Options) -> checker.Verdict:
         drain_s = time.monotonic() - t_drain
         stored = [r["key"] for r in records if r["op"] == "file.store" and r["out"] == "ok"]
         files = _read_back(port, stored)
+        sampler.kill()
         final = checker.Final(files=files, runs=runs, rss_start=rss_start,
-                              rss_end=deployment.rss())
+                              rss_end=deployment.rss(), rss_during=rss_during)
     finally:
         deployment.stop()
     verdict = checker.check(records, final)
@@ -238,6 +249,7 @@ def run(opts: Options) -> checker.Verdict:
     with open(os.path.join(opts.out_dir, "final.json"), "w") as f:
         json.dump({"files": files, "runs": len(runs), "acked_jobs": len(acked_jobs),
                    "rss_start_kib": rss_start, "rss_end_kib": final.rss_end,
+                   "rss_during_kib": final.rss_during,
                    "held": verdict.held}, f, indent=1)
     print(text, end="")
     return verdict
