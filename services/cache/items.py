@@ -56,6 +56,8 @@ def encode_item_list(rows: list[Item | ItemRow]) -> bytes:
         extend((head(11, 1, len(raw)), raw, middle(2, 2, found, 11, 3, len(value)), value,
                 tail(10, 4, flags, 8, 5, vtype, 8, 6, user_flags, 10, 7, cas, 0)))
     return b"".join(out)
+
+
 _STORE_RESULTS = ("STORED", "NOT_STORED", "EXISTS", "NOT_FOUND")
 
 

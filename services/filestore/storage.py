@@ -128,26 +128,11 @@ class HttpConnection:
         """Reads one answer. A Content-Length over `max_bytes` (on a success status) raises
         413 before the body is read; the connection is then not reusable (closed by the
         caller)."""
-        end = self.buf.find(b"\r\n\r\n")
-        while end < 0:
-            if len(self.buf) > MAX_HEAD_BYTES:
-                raise HttpError(f"response head over {MAX_HEAD_BYTES} bytes")
-            if not self._fill():
-                if not self.buf:
-                    raise StaleConnection("closed before answering")
-                raise HttpError("connection closed inside the response head")
-            end = self.buf.find(b"\r\n\r\n")
-        head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
-        del self.buf[: end + 4]
-        version, _, rest = head[0].partition(" ")
-        code = rest[:3]
-        if not version.startswith("HTTP/1.") or not code.isdigit():
-            raise HttpError(f"not an HTTP/1.x status line: {head[0][:80]!r}")
-        status = int(code)
-        if 100 <= status < 200:
-            # An interim answer (100 Continue, which a server may send unasked): the real
-            # one follows.
-            return self.response(method, max_bytes, url)
+        status = 100
+        while 100 <= status < 200:
+            # An interim answer (100 Continue, which a server may send unasked) is skipped:
+            # the real one follows.
+            version, status, head = self._head()
         headers: dict[str, str] = {}
         for line in head[1:]:
             name, sep, value = line.partition(":")
@@ -168,6 +153,25 @@ class HttpConnection:
         size = int(length)
         _check_size(size, max_bytes, status, url)
         return status, headers, self._exactly(size), keep
+
+    def _head(self) -> tuple[str, int, list[str]]:
+        """The next response head: (HTTP version, status, its lines)."""
+        end = self.buf.find(b"\r\n\r\n")
+        while end < 0:
+            if len(self.buf) > MAX_HEAD_BYTES:
+                raise HttpError(f"response head over {MAX_HEAD_BYTES} bytes")
+            if not self._fill():
+                if not self.buf:
+                    raise StaleConnection("closed before answering")
+                raise HttpError("connection closed inside the response head")
+            end = self.buf.find(b"\r\n\r\n")
+        head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+        del self.buf[: end + 4]
+        version, _, rest = head[0].partition(" ")
+        code = rest[:3]
+        if not version.startswith("HTTP/1.") or not code.isdigit():
+            raise HttpError(f"not an HTTP/1.x status line: {head[0][:80]!r}")
+        return version, int(code), head
 
     def _exactly(self, size: int) -> bytes:
         buf = self.buf
@@ -342,7 +346,8 @@ class StorageClient:
     def get(self, url: str, offset: int = 0, length: int | None = None,
             max_bytes: int | None = None) -> bytes:
         """The copy at `url`, or `length` bytes of it from `offset` (fewer at the end, none
-        past it); 413 when the answer would exceed `max_bytes`."""
+        past it); 413 when the answer would exceed `max_bytes`. A body that arrived over
+        several reads comes back as the bytearray it was read into (not copied again)."""
         headers = {}
         if offset or length is not None:
             last = "" if length is None else str(offset + length - 1)
