@@ -2,8 +2,11 @@
 
 One greenlet per connection; the first bytes pick the dialect (`services.core.framing`), so
 framed and unframed, binary and compact, and THeader callers share one port and get replies in
-their own dialect. Requests on one connection are served in order; pipelined framed requests
-are answered in one write.
+their own dialect. Each framed request runs in a worker greenlet of its own (`services.core.
+workers`), so a caller that pipelines (the gateway, which shares a few connections among all
+its callers) gets every reply as soon as it is ready, matched by seqid, and a slow call never
+holds up the ones behind it; replies finished in the same turn of the loop go out in one
+write. A caller that waits for each reply sees them in order, as before.
 
 Limits, each with a named default in `ServerConfig`:
 
@@ -23,6 +26,7 @@ finish within `drain_grace_ms`, closes idle connections at once and busy ones af
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -34,6 +38,7 @@ from io import BytesIO
 from typing import Protocol
 
 import gevent
+import gevent.event
 from gevent.server import StreamServer
 from thrift.protocol.TProtocol import TProtocolException
 from thrift.Thrift import TApplicationException, TMessageType
@@ -52,6 +57,7 @@ from services.core.dispatch import (
     NOT_FAST,
     Dispatcher,
 )
+from services.core.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -188,17 +194,88 @@ class _UnframedReader(TTransportBase, CReadableTransport):
 
 
 class _Connection:
-    """Bookkeeping for one connection's greenlet: whether a request is being served (a drain
-    waits for those) and when bytes last moved (the idle sweeper closes quiet ones)."""
+    """Bookkeeping for one connection: the frames being served (a drain waits for those),
+    when bytes last moved (the idle sweeper closes quiet ones), and the replies waiting to
+    be written."""
 
-    __slots__ = ("busy", "greenlet", "last_active", "binary")
+    __slots__ = ("running", "greenlet", "last_active", "binary", "state", "sock", "raw",
+                 "outbox", "flush_due", "writer", "failed", "settled")
 
-    def __init__(self, limits: framing.Limits) -> None:
-        self.busy = False
+    def __init__(self, limits: framing.Limits, sock: socket.socket,
+                 state: ConnectionState) -> None:
+        self.running = 0
         self.greenlet = gevent.getcurrent()
         self.last_active = time.monotonic()
         # The binary fast path's protocol, reused for every frame of this connection.
         self.binary = framing.protocol_for(framing.BINARY_FIRST, TMemoryBuffer(), limits)
+        self.state = state
+        self.sock = sock
+        self.raw: socket.socket | None = sock._sock  # type: ignore[attr-defined]
+        # Replies finished in this turn of the event loop, written together by `_flush`.
+        self.outbox: list[bytes] = []
+        self.flush_due = False
+        # A greenlet finishing a write the socket's buffer could not take at once.
+        self.writer: gevent.Greenlet | None = None
+        self.failed: Exception | None = None
+        # Set when the last running frame or write ends, for a reader waiting to close.
+        self.settled: gevent.event.Event | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.running > 0
+
+    def queue(self, reply: bytes | list[bytes]) -> None:
+        """Queues a framed reply; everything queued in one turn of the loop goes out in one
+        write, after the frames started in that turn have run as far as they can."""
+        if isinstance(reply, bytes):
+            self.outbox.append(reply)
+        else:
+            self.outbox.extend(reply)
+        if not self.flush_due:
+            self.flush_due = True
+            gevent.get_hub().loop.run_callback(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_due = False
+        if self.writer is not None or not self.outbox:
+            return  # the writer takes what was queued behind it
+        pieces, self.outbox = self.outbox, []
+        raw = self.raw
+        try:
+            if raw is None:
+                sent = 0
+            elif len(pieces) == 1:
+                sent = raw.send(pieces[0])
+            else:
+                sent = raw.sendmsg(pieces[:64])
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return  # the caller is gone; its connection's reader sees that too
+        rest = []
+        for piece in pieces:
+            if sent >= len(piece):
+                sent -= len(piece)
+            else:
+                rest.append(memoryview(piece)[sent:] if sent else piece)
+                sent = 0
+        if rest:
+            # This runs in the hub, which must not wait: a greenlet writes the rest, and
+            # replies queued meanwhile after it.
+            self.writer = gevent.spawn(self._write_rest, rest)
+
+    def _write_rest(self, pieces: list) -> None:
+        try:
+            while pieces:
+                for piece in pieces:
+                    self.sock.sendall(piece)
+                pieces, self.outbox = self.outbox, []
+        except OSError:
+            pass
+        finally:
+            self.writer = None
+            if self.settled is not None:
+                self.settled.set()
 
 
 class ThriftServer:
@@ -224,6 +301,7 @@ class ThriftServer:
             listener = listening_socket(config.host, config.port, config.backlog, False)
         self.server = StreamServer(listener, self._handle)
         self._sweeper: gevent.Greenlet | None = None
+        self._workers = Workers()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -252,8 +330,8 @@ class ThriftServer:
     # -- one connection -------------------------------------------------------------------
 
     def _handle(self, sock: socket.socket, addr: tuple[str, int]) -> None:
-        conn = _Connection(self.limits)
         state = ConnectionState(peer=f"{addr[0]}:{addr[1]}")
+        conn = _Connection(self.limits, sock, state)
         self.connections.add(conn)
         self.metrics.incr("connections")
         try:
@@ -284,73 +362,56 @@ class ThriftServer:
                       state: ConnectionState) -> None:
         buf = bytearray()
         max_frame = self.limits.max_frame_bytes
-        while not self.draining:
-            while len(buf) < 4:
-                if not self._fill(sock, buf, conn):
-                    return
-            size = int.from_bytes(buf[:4], "big", signed=True)
-            if size <= 0 or size > max_frame:
-                self.metrics.incr("frames_refused")
-                raise framing.FramingError(
-                    f"frame of {size} bytes refused (limit {max_frame})"
-                )
-            while len(buf) < 4 + size:
-                if not self._fill(sock, buf, conn):
-                    return
-            conn.busy = True
-            # Every complete frame already received (a pipelining caller such as the gateway
-            # sends several at once) is served, concurrently, and answered in one write, in
-            # the order received.
-            frames = []
-            while len(buf) >= 4:
-                size = int.from_bytes(buf[:4], "big", signed=True)
-                if size <= 0 or size > max_frame or len(buf) < 4 + size:
-                    break
-                frames.append(bytes(buf[4 : 4 + size]))
-                del buf[: 4 + size]
-            if len(frames) == 1:
-                served = [self._serve_frame(frames[0], state, conn)]
-            else:
-                served = self._serve_concurrently(frames, state, conn)
-            replies = [r for r in served if r]
-            if len(replies) == 1 and type(replies[0]) is bytes:
-                sockets.send_all(sock, sock._sock, replies[0])  # type: ignore[attr-defined]
-            elif replies:
-                pieces: list[bytes] = []
-                for r in replies:
-                    pieces.extend((r,) if isinstance(r, bytes) else r)
-                sockets.send_pieces(sock, sock._sock, pieces)  # type: ignore[attr-defined]
-            conn.last_active = time.monotonic()
-            conn.busy = False
-            if replies and not buf:
-                # The caller is only now reading its reply, so a recv would almost always
-                # fail with EAGAIN (a syscall and an exception): wait for its next request.
-                sockets.wait_readable(sock)
-
-    def _serve_concurrently(self, frames: list[bytes], state: ConnectionState,
-                            conn: _Connection) -> list[bytes | list[bytes]]:
-        """`_serve_frame` for each frame, each in its own greenlet (started in order, so a
-        oneway write is buffered before a later read on the connection flushes it); the
-        replies in the frames' order. An error in one (a malformed THeader frame) is raised
-        once all are done."""
-
-        def serve(frame: bytes) -> tuple[bytes | list[bytes], Exception | None]:
-            # Errors are returned, not raised in the greenlet (where gevent would print them).
-            try:
-                return self._serve_frame(frame, state, conn), None
-            except Exception as e:
-                return b"", e
-
-        greenlets = [gevent.spawn(serve, frame) for frame in frames]
         try:
-            gevent.joinall(greenlets)
+            while not self.draining and conn.failed is None:
+                # Every complete frame is handed to a worker greenlet, so a slow call never
+                # holds up the ones behind it on this connection (a pipelining caller such
+                # as the gateway gets each reply as soon as it is ready, matched by seqid).
+                while len(buf) >= 4:
+                    size = int.from_bytes(buf[:4], "big", signed=True)
+                    if size <= 0 or size > max_frame:
+                        self.metrics.incr("frames_refused")
+                        raise framing.FramingError(
+                            f"frame of {size} bytes refused (limit {max_frame})")
+                    if len(buf) < 4 + size:
+                        break
+                    frame = bytes(buf[4 : 4 + size])
+                    del buf[: 4 + size]
+                    conn.running += 1
+                    self._workers.hand(self._run_frame, conn, frame)
+                if conn.running or conn.outbox or not buf:
+                    # A reply is on its way, so the next request is not here yet: waiting
+                    # first saves a recv that would fail with EAGAIN.
+                    sockets.wait_readable(sock)
+                if not self._fill(sock, buf, conn):
+                    return
         finally:
-            gevent.killall([g for g in greenlets if not g.dead])
-        served = [g.get() for g in greenlets]
-        for _, error in served:
-            if error is not None:
-                raise error
-        return [reply for reply, _ in served]
+            # Calls already started still answer (a drain, or a caller that half-closed).
+            while conn.running or conn.writer is not None or conn.outbox:
+                if conn.running or conn.writer is not None:
+                    conn.settled = gevent.event.Event()
+                    conn.settled.wait()
+                else:
+                    gevent.sleep(0)  # the flush is due in this turn of the loop
+        if conn.failed is not None:
+            raise conn.failed
+
+    def _run_frame(self, conn: _Connection, frame: bytes) -> None:
+        try:
+            reply = self._serve_frame(frame, conn.state, conn)
+        except Exception as e:
+            # A malformed THeader frame: the connection is closed (by its reader).
+            conn.failed = e
+            reply = b""
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RD)
+        finally:
+            conn.running -= 1
+            if not conn.running and conn.settled is not None:
+                conn.settled.set()
+        if reply:
+            conn.queue(reply)
+        conn.last_active = time.monotonic()
 
     @staticmethod
     def _fill(sock: socket.socket, buf: bytearray, conn: _Connection) -> bool:
@@ -426,7 +487,7 @@ class ThriftServer:
             # Wait for the next request outside the busy window, so a drain can close us.
             if not reader.pending() and not sock.recv(1, socket.MSG_PEEK):
                 return
-            conn.busy = True
+            conn.running = 1
             otrans = TMemoryBuffer()
             oprot = framing.protocol_for(first, otrans, self.limits)
             try:
@@ -438,7 +499,7 @@ class ThriftServer:
             if replied:
                 sockets.send_all(sock, sock._sock, otrans.getvalue())  # type: ignore[attr-defined]
             conn.last_active = time.monotonic()
-            conn.busy = False
+            conn.running = 0
 
     # -- drain ----------------------------------------------------------------------------
 
@@ -459,7 +520,9 @@ class ThriftServer:
 
 
 class Closable(Protocol):
-    busy: bool
+    @property
+    def busy(self) -> bool: ...
+
     greenlet: gevent.Greenlet
 
 

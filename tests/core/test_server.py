@@ -308,23 +308,40 @@ def test_a_deadline_that_fired_does_not_cut_the_next_call_short(server):
             assert c.get("sleep:0.3", None).value == b"sleep:0.3"
 
 
-def test_pipelined_frames_are_served_concurrently_and_answered_in_order(server):
+def _read_get_reply(proto: TBinaryProtocol) -> tuple[int, bytes]:
+    name, _, sid = proto.readMessageBegin()
+    result = glammp.cache.Cache.get_result()
+    result.read(proto)
+    proto.readMessageEnd()
+    assert name == "get" and result.err is None
+    return sid, result.success.value
+
+
+def test_pipelined_frames_are_served_concurrently_and_answered_as_each_finishes(server):
     # The first call waits for the second: served one after the other, it would end in
-    # its 1000 ms deadline (504) before the second ever ran.
+    # its 1000 ms deadline (504) before the second ever ran. The calls behind it are not
+    # held up: their replies come first, each with its own seqid.
     host, port = server.server.address
-    frames = b"".join(_get_frame(key, seqid) for seqid, key in
-                      enumerate(["wait:p1", "set:p1", "plain"], start=7))
+    keys = ["wait:p1", "set:p1", "plain"]
+    frames = b"".join(_get_frame(key, seqid) for seqid, key in enumerate(keys, start=7))
     with socket.create_connection((host, port), timeout=5) as s:
         s.sendall(frames)
-        trans = TFramedTransport(_SocketTransport(s))
-        proto = TBinaryProtocol(trans)
-        for seqid, key in enumerate(["wait:p1", "set:p1", "plain"], start=7):
-            name, _, sid = proto.readMessageBegin()
-            result = glammp.cache.Cache.get_result()
-            result.read(proto)
-            proto.readMessageEnd()
-            assert (name, sid) == ("get", seqid)
-            assert result.err is None and result.success.value == key.encode()
+        proto = TBinaryProtocol(TFramedTransport(_SocketTransport(s)))
+        replies = [_read_get_reply(proto) for _ in keys]
+    assert sorted(replies) == [(seqid, key.encode()) for seqid, key in enumerate(keys, start=7)]
+    assert replies[-1] == (7, b"wait:p1")
+
+
+def test_a_slow_call_does_not_hold_up_a_later_request_on_its_connection(server):
+    host, port = server.server.address
+    with socket.create_connection((host, port), timeout=5) as s:
+        proto = TBinaryProtocol(TFramedTransport(_SocketTransport(s)))
+        s.sendall(_get_frame("wait:p2", 1))
+        s.sendall(_get_frame("plain", 2))
+        assert _read_get_reply(proto) == (2, b"plain")  # while the first one still waits
+        s.sendall(_get_frame("set:p2", 3))
+        assert sorted(_read_get_reply(proto) for _ in range(2)) == [(1, b"wait:p2"),
+                                                                   (3, b"set:p2")]
 
 
 def _get_frame(key: str, seqid: int) -> bytes:
