@@ -52,10 +52,13 @@ DEFAULT_MAX_CONNECTIONS_PER_CALLER = 5_000
 DEFAULT_MAX_INFLIGHT = 10_000
 #: A caller connection with no complete request for this long is closed, in milliseconds.
 DEFAULT_IDLE_TIMEOUT_MS = 300_000
-#: Upstream connections per instance; calls share them (pipelined) beyond this many.
-DEFAULT_CONNECTIONS_PER_INSTANCE = 32
+#: Upstream connections per instance; calls share them (pipelined) beyond this many. Few
+#: connections carrying many calls each cost the gateway and the instance far less per call
+#: than a connection per call: the calls of one turn of the event loop share one write and
+#: one read at each end.
+DEFAULT_CONNECTIONS_PER_INSTANCE = 4
 #: Calls one upstream connection carries at once before the instance counts as full.
-DEFAULT_PIPELINE_DEPTH = 64
+DEFAULT_PIPELINE_DEPTH = 512
 #: Connecting to an upstream instance may take this long, in milliseconds.
 DEFAULT_CONNECT_TIMEOUT_MS = 1000
 #: Active health check period and timeout, in milliseconds.

@@ -40,9 +40,11 @@ import socket
 import ssl
 import struct
 import time
+from collections import deque
 from typing import Any
 
 import gevent
+from gevent.hub import Waiter, get_hub
 from gevent.server import StreamServer
 from thrift.protocol.TBinaryProtocol import TBinaryProtocol
 from thrift.protocol.TProtocol import TProtocolException
@@ -72,6 +74,13 @@ ORIGIN = "gateway"
 RECV_BYTES = 64 * 1024
 #: Bytes of an oversized frame kept to read its message header for the 413.
 OVERSIZED_HEAD_BYTES = 4096
+#: How often calls are checked for a passed deadline, in seconds (a 504 is at most this late).
+EXPIRY_TICK_S = 0.005
+#: Message names whose route is memoized, at most (callers choose names; the rest are
+#: looked up every time).
+MAX_ROUTES = 10_000
+#: `_route` returns this when the reply will be written by whoever ends the call.
+_ASYNC = b"async"
 #: Containers in a translated message may hold at most this many elements.
 MAX_CONTAINER_ITEMS = 1_000_000
 
@@ -79,6 +88,9 @@ MAX_CONTAINER_ITEMS = 1_000_000
 _MALFORMED = (wire.WireError, TProtocolException, TTransportException, framing.FramingError,
               struct.error, ValueError, UnicodeDecodeError, EOFError, OverflowError,
               TypeError, KeyError, IndexError, RecursionError)
+
+
+_Route = tuple[str, str, "upstream.Cluster | None", bool, bool, float, bool]
 
 
 class _Closed(Exception):
@@ -133,17 +145,110 @@ class _Stream(TTransportBase):
 
 
 class _Conn:
-    """One caller connection: who it is and whether a call is running."""
+    """One caller connection: who it is, and its call in flight."""
 
-    __slots__ = ("caller", "busy", "greenlet", "last_active", "state")
+    __slots__ = ("caller", "busy", "greenlet", "last_active", "state", "sock", "raw",
+                 "waiter", "writer")
 
     def __init__(self, caller: Caller) -> None:
         self.caller = caller
+        # A call is in flight, or its reply is still being written.
         self.busy = False
         self.greenlet = gevent.getcurrent()
         self.last_active = time.monotonic()
         self.state = ConnectionState(peer=caller.ip)
+        self.sock: Any = None
+        self.raw: socket.socket | None = None
+        # The connection's greenlet, waiting for the call in flight to end (`_settle`).
+        self.waiter: Waiter | None = None
+        # A greenlet writing the rest of a reply the socket buffer could not take at once.
+        self.writer: gevent.Greenlet | None = None
 
+    def settled(self) -> None:
+        """The call in flight is answered: the connection may read its next request."""
+        self.busy = False
+        self.last_active = time.monotonic()
+        if self.waiter is not None:
+            waiter, self.waiter = self.waiter, None
+            get_hub().loop.run_callback(waiter.switch, None)
+
+    def deliver(self, framed: bytes) -> None:
+        """Writes a reply from wherever the call ended (an upstream connection's reader, a
+        deadline): what the socket takes at once, and the rest from a greenlet."""
+        sent = 0
+        raw = self.raw
+        if raw is not None:
+            try:
+                sent = raw.send(framed)
+            except BlockingIOError:
+                pass
+            except OSError:
+                self.settled()  # the caller is gone; its greenlet sees that too
+                return
+            if sent == len(framed):
+                self.settled()
+                return
+        self.writer = gevent.spawn(self._write_rest, memoryview(framed)[sent:])
+
+    def _write_rest(self, rest: memoryview) -> None:
+        try:
+            self.sock.sendall(rest)
+        except OSError:
+            pass
+        finally:
+            self.writer = None
+            self.settled()
+
+
+class _Call:
+    """A call on its way through the gateway: what to send, where it was tried, and where
+    its reply goes (`sink`, given the binary reply message, or None for a oneway call)."""
+
+    __slots__ = ("mtype", "name", "body", "oneway", "link", "link_seqid", "gateway", "conn",
+                 "h", "service", "method", "cluster", "idempotent", "started", "deadline",
+                 "budget_s", "tried", "instance", "err", "done", "sink", "result", "waiter")
+
+    def __init__(self, gateway: Gateway, conn: _Conn, h: wire.Header, binary: bytes,
+                 service: str, method: str, cluster: upstream.Cluster, oneway: bool,
+                 idempotent: bool, budget_s: float) -> None:
+        self.gateway = gateway
+        self.conn = conn
+        self.h = h
+        self.mtype = h.mtype
+        self.name = h.name if ":" in h.name else f"{service}:{method}"
+        self.body = memoryview(binary)[h.body_at:]
+        self.service = service
+        self.method = method
+        self.cluster = cluster
+        self.oneway = oneway
+        self.idempotent = idempotent
+        self.started = time.perf_counter()
+        self.budget_s = budget_s
+        self.deadline = time.monotonic() + budget_s
+        self.tried: list[upstream.Instance] = []
+        self.instance: upstream.Instance | None = None
+        self.link: upstream.Link | None = None
+        self.link_seqid = 0
+        self.err: ServiceError | None = None
+        self.done = False
+        self.sink: Any = None
+        self.result: bytes | None = None
+        self.waiter: Waiter | None = None
+
+    # -- what the upstream connection tells (upstream.Call) -------------------------------
+
+    def replied(self, payload: bytes, body_at: int) -> None:
+        inst = self.instance
+        if inst is not None:
+            inst.done(self)
+            inst.failures = 0
+        self.gateway._finish(self, payload, None, body_at)
+
+    def lost(self, reason: str) -> None:
+        self.gateway._failed(self, upstream.LostAfterSend(reason))
+
+    def not_sent(self, reason: str) -> None:
+        self.gateway._failed(self, upstream.NotSent(reason))
 
 
 class Gateway:
@@ -172,6 +277,10 @@ class Gateway:
             framing.BINARY_FIRST, TMemoryBuffer(), self._limits(config))
         self.config = config
         self._sweeper: gevent.Greenlet | None = None
+        # Calls in flight by deadline budget (`_track`), and the parked expiry sweeper.
+        self._expiring: dict[float, deque[_Call]] = {}
+        self._expiry_wait: Waiter | None = None
+        self._expirer: gevent.Greenlet | None = None
         self.rate = RateLimiter(config)
         self.reload(config)
         self.tls = _tls_context(config) if config.tls.enabled else None
@@ -199,6 +308,7 @@ class Gateway:
         self.oneway = frozenset(config.oneway)
         self._deadlines: dict[tuple[str, str], float] = {}
         self._policy: dict[tuple[str, str], bool] = {}
+        self._routes: dict[str, _Route] = {}
 
     @property
     def address(self) -> tuple[str, int]:
@@ -210,6 +320,7 @@ class Gateway:
         for cluster in self.clusters.values():
             cluster.start()
         self._sweeper = gevent.spawn(self._sweep_idle)
+        self._expirer = gevent.spawn(self._expire_calls)
         self.backends.start()
         self.board.state = Status.ALIVE
 
@@ -250,6 +361,7 @@ class Gateway:
             if self.tls is not None:
                 stream_sock = self._handshake(sock, conn)
                 raw = None
+            conn.sock, conn.raw = stream_sock, raw
             stream = _Stream(stream_sock, raw, conn, self.config.max_frame_bytes)
             stream.fill()
             if framing.is_unframed(stream.buf[0]):
@@ -300,10 +412,14 @@ class Gateway:
         max_frame = self.config.max_frame_bytes
         sock = stream.sock
         buf = stream.buf
+        fast = stream.raw is not None
         while not self.draining:
             while len(buf) < 4:
                 stream.fill()
             size = int.from_bytes(buf[:4], "big", signed=True)
+            if conn.busy:
+                # A caller that pipelines: its calls are served one at a time, in order.
+                self._settle(conn)
             conn.busy = True
             if size <= 0:
                 raise framing.FramingError(f"frame of {size} bytes")
@@ -315,11 +431,30 @@ class Gateway:
                     stream.fill()
                 payload = bytes(buf[4 : 4 + size])
                 del buf[: 4 + size]
-                reply = self._serve_frame(payload, conn)
+                if fast and payload[0] == wire.BINARY_FIRST:
+                    try:
+                        message = self._route(wire.parse_binary(payload), payload, conn, None,
+                                              True)
+                    except wire.WireError as e:
+                        message = self._malformed(wire.BINARY_FIRST, payload, e)
+                    if message is _ASYNC:
+                        continue  # the reply is written by whoever ends the call
+                    reply = wire.frame(message) if message else b""
+                else:
+                    reply = self._serve_frame(payload, conn)
             if reply:
                 sockets.send_all(sock, stream.raw, reply)
             conn.last_active = time.monotonic()
             conn.busy = False
+
+    @staticmethod
+    def _settle(conn: _Conn) -> None:
+        while conn.busy:
+            conn.waiter = Waiter()
+            try:
+                conn.waiter.get()
+            finally:
+                conn.waiter = None
 
     def _oversized(self, stream: _Stream, size: int) -> bytes:
         """413 for a frame over the limit: its head is kept for the message header, the
@@ -417,6 +552,20 @@ class Gateway:
     def new_request_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids):x}"
 
+    def _route_for(self, name: str) -> _Route:
+        """What the config says of calls named `name` (memoized until the next reload):
+        service, method, cluster (None: the gateway's own Base, or unknown), oneway,
+        idempotent, deadline budget in seconds, and whether the service has rate limits."""
+        service, method = self._route_name(name)
+        cluster = self.clusters.get(service)
+        route = (service, method, cluster,
+                 bool(self.oneway) and f"{service}.{method}" in self.oneway,
+                 self._is_idempotent(service, method), self._deadline_s(service, method, None),
+                 service in self.config.rate_limits)
+        if len(self._routes) < MAX_ROUTES:
+            self._routes[name] = route
+        return route
+
     def _route_name(self, name: str) -> tuple[str, str]:
         service, sep, method = name.partition(":")
         if not sep:
@@ -424,81 +573,227 @@ class Gateway:
         return service, method
 
     def _route(self, h: wire.Header, binary: bytes, conn: _Conn,
-               headers: dict[str, str] | None) -> bytes | None:
+               headers: dict[str, str] | None, fast: bool = False) -> bytes | None:
         """Serves one binary message; returns the binary reply with the caller's seqid and
         the bare method name (as Apache's multiplexed processor answers, and as Go's and
-        Node's clients check), or None when there is none (oneway)."""
-        service, method = self._route_name(h.name)
-        if service == BASE_SERVICE and service not in self.clusters:
-            try:
-                return self._local(binary, conn)
-            except _MALFORMED as e:
-                return self._malformed(wire.BINARY_FIRST, binary, e)
-        cluster = self.clusters.get(service)
+        Node's clients check), or None when there is none (oneway).
+
+        With `fast` (a framed binary caller on a plain socket) a call sent upstream returns
+        `_ASYNC` at once: its framed reply is written to the caller from wherever the call
+        ends (`_Conn.deliver`), so the connection's greenlet is not woken to pass it on."""
+        route = self._routes.get(h.name)
+        if route is None:
+            route = self._route_for(h.name)
+        service, method, cluster, oneway, idempotent, budget_s, limited = route
+        if cluster is None:
+            if service == BASE_SERVICE:
+                try:
+                    return self._local(binary, conn)
+                except _MALFORMED as e:
+                    return self._malformed(wire.BINARY_FIRST, binary, e)
         if cluster is None or h.mtype not in (TMessageType.CALL, TMessageType.ONEWAY):
             self.metrics.count_unknown()
             kind = (TApplicationException.UNKNOWN_METHOD if cluster is None
                     else TApplicationException.INVALID_MESSAGE_TYPE)
             return wire.application_error(wire.BINARY_FIRST, method, h.seqid, kind,
                                           f"unknown service or method: {h.name!r}")
-        started = time.perf_counter()
-        oneway = h.mtype == TMessageType.ONEWAY or (
-            bool(self.oneway) and f"{service}.{method}" in self.oneway)
+        oneway = oneway or h.mtype == TMessageType.ONEWAY
+        if headers:
+            budget_s = self._deadline_s(service, method, headers)
         caller = conn.caller
         err: ServiceError | None = None
-        reply: bytes | None = None
-        where = ""
-        wait_ms = 0
         if not self.access.allowed(caller, service, method):
             err = errors.forbidden(f"{service}.{method} is not allowed for {caller.key}",
                                    caller=caller.key)
-        elif (wait_ms := self.rate.take(caller.key, service)) > 0:
+        elif limited and (wait_ms := self.rate.take(caller.key, service)) > 0:
             err = errors.too_many_requests(
                 f"{caller.key} is over its rate limit for {service}", wait_ms)
         elif self.inflight >= self.config.max_inflight:
             err = errors.unavailable(
                 f"gateway busy: {self.config.max_inflight} requests in flight",
                 retry_after_ms=50)
-        else:
-            self.inflight += 1
-            self.metrics.active += 1
+        call = _Call(self, conn, h, binary, service, method, cluster, oneway, idempotent,
+                     budget_s)
+        self.inflight += 1
+        self.metrics.active += 1
+        if err is not None:
+            call.sink = _keep
+            self._finish(call, None, err)
+            return call.result
+        self.retry_budget.deposit()
+        if fast and not oneway:
+            call.sink = _deliver
+            conn.busy = True
+            self._track(call)
+            self._attempt(call)
+            return _ASYNC
+        call.sink = _wake
+        if not oneway:
+            self._track(call)
+        self._attempt(call)
+        if not call.done:
+            call.waiter = Waiter()
             try:
-                reply, err, where = self._forward(cluster, h, binary, conn, oneway,
-                                                  service, method, headers)
+                call.waiter.get()
             finally:
-                self.inflight -= 1
-                self.metrics.active -= 1
+                call.waiter = None
+        return call.result
+
+    def _attempt(self, call: _Call) -> None:
+        """Sends `call` to an instance, trying others while that is safe (see `_retry`).
+        Runs in the caller's greenlet, or in a greenlet of its own for a retry."""
+        while not call.done:
+            inst = call.cluster.pick(call.tried)
+            if inst is None:
+                if call.err is None:
+                    self.metrics.incr("gateway_no_healthy_instance")
+                    call.err = errors.unavailable(f"no healthy instance of {call.service}",
+                                                  retry_after_ms=100)
+                self._finish(call, None, call.err)
+                return
+            call.instance = inst
+            try:
+                inst.submit(call)
+            except upstream.NotSent as e:
+                if e.instance_fault:
+                    inst.failed()
+                if self._retry(call, inst, errors.unavailable(
+                        f"{call.service}.{call.method}: {e}", retry_after_ms=100), True):
+                    continue
+                return
+            if call.oneway:
+                inst.succeeded()
+                self._finish(call, None, None)
+            elif call.done and call.link is not None:
+                # Its deadline passed while a connection was being opened for it.
+                call.link.abandon(call)
+                inst.done(call)
+            return
+
+    def _retry(self, call: _Call, inst: upstream.Instance, err: ServiceError,
+               safe: bool) -> bool:
+        """After a failed attempt: True when the call may go to another instance (the
+        attempt was safe to repeat, within `max_attempts` and the retry budget); otherwise
+        the call ends with `err`."""
+        call.err = err
+        call.tried.append(inst)
+        if (not safe or len(call.tried) >= self.config.max_attempts
+                or not self.retry_budget.withdraw()):
+            self._finish(call, None, err)
+            return False
+        self.metrics.incr("gateway_retries")
+        return True
+
+    def _failed(self, call: _Call, exc: Exception) -> None:
+        """The upstream connection holding `call` failed (in its reader or writer)."""
+        inst = call.instance
+        if call.done or inst is None:
+            return
+        inst.done(call)
+        inst.failed()
+        if isinstance(exc, upstream.NotSent):
+            err, safe = errors.unavailable(f"{call.service}.{call.method}: {exc}",
+                                           retry_after_ms=100), True
+        else:
+            err = errors.service_error(
+                errors.ErrorCode.UNAVAILABLE,
+                f"{call.service}.{call.method}: {exc}; the request was sent and may have run",
+                retryable=call.idempotent)
+            safe = call.idempotent
+        if self._retry(call, inst, err, safe):
+            # Not here: this is an upstream connection's reader or the hub.
+            gevent.spawn(self._attempt, call)
+
+    def _track(self, call: _Call) -> None:
+        """Watches `call`'s deadline. Calls with the same budget end their deadlines in the
+        order they started, so one queue per budget holds them in deadline order."""
+        queue = self._expiring.get(call.budget_s)
+        if queue is None:
+            queue = self._expiring[call.budget_s] = deque()
+        queue.append(call)
+        if self._expiry_wait is not None:
+            waiter, self._expiry_wait = self._expiry_wait, None
+            get_hub().loop.run_callback(waiter.switch, None)
+
+    def _expire_calls(self) -> None:
+        """Ends the calls whose deadline passed with a 504 (every EXPIRY_TICK_S while calls
+        are in flight; parked otherwise). One sweeper instead of a timer per call, which
+        costs more than relaying a small call."""
+        expiring = self._expiring
+        while True:
+            if not expiring:
+                self._expiry_wait = Waiter()
+                self._expiry_wait.get()
+                continue
+            gevent.sleep(EXPIRY_TICK_S)
+            now = time.monotonic()
+            for budget, queue in list(expiring.items()):
+                while queue and (queue[0].done or queue[0].deadline <= now):
+                    call = queue.popleft()
+                    if not call.done:
+                        self._expired(call)
+                if not queue:
+                    del expiring[budget]
+
+    def _expired(self, call: _Call) -> None:
+        inst = call.instance
+        if call.link is not None and inst is not None:
+            call.link.abandon(call)
+            inst.done(call)
+        if inst is not None:
+            inst.failed()
+        self.metrics.incr("gateway_deadlines")
+        self._finish(call, None, errors.timeout(
+            f"{call.service}.{call.method} did not finish within "
+            f"{call.budget_s * 1000:.0f} ms", retryable=call.idempotent))
+
+    def _finish(self, call: _Call, reply: bytes | None, err: ServiceError | None,
+                body_at: int = 0) -> None:
+        """Ends `call` once: counted, logged, and its reply (or error) handed to its sink.
+        A reply's body starts at `body_at` (0: the reply is not a binary message)."""
+        if call.done:
+            return
+        call.done = True
+        self.inflight -= 1
+        self.metrics.active -= 1
+        service, method, seqid = call.service, call.method, call.h.seqid
         if err is not None:
             code = err.code
         elif reply is not None:
-            code = _reply_code(reply)
+            code = _reply_code(reply, body_at) if body_at else 0
         else:
             code = 0
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - call.started
         self.metrics.observe((service, method), code, elapsed)
         rid = ""
         if err is not None:
             rid = self.new_request_id()
             err = errors.with_context(err, ORIGIN, rid)
+        where = call.instance.address if call.instance is not None else ""
         if self.config.access_log and access_log.isEnabledFor(logging.INFO):
+            caller = call.conn.caller
             access_log.info("call", extra={
                 "request_id": rid or self.new_request_id(), "peer": caller.ip,
                 "caller": caller.key, "service": service, "method": method, "code": code,
-                "ms": round(elapsed * 1000, 3), "upstream": where, "oneway": oneway,
+                "ms": round(elapsed * 1000, 3), "upstream": where, "oneway": call.oneway,
             })
-        if oneway:
-            return None
-        if err is not None:
-            return wire.error_reply(wire.BINARY_FIRST, method, h.seqid, err)
-        assert reply is not None
-        try:
-            rh = wire.parse_binary(reply)
-        except wire.WireError:
-            err = errors.with_context(errors.bad_gateway(
-                f"upstream {where} sent a reply that is not a binary message"), ORIGIN,
-                self.new_request_id())
-            return wire.error_reply(wire.BINARY_FIRST, method, h.seqid, err)
-        return wire.rename_reply(reply, rh, method, h.seqid)
+        framed = call.sink is _deliver
+        message: bytes | None = None
+        if call.oneway:
+            pass
+        elif err is None and reply is not None:
+            if body_at:
+                message = wire.rename_reply(reply, reply[3] & 0x07, body_at, method, seqid,
+                                            framed)
+            else:
+                err = errors.with_context(errors.bad_gateway(
+                    f"upstream {where} sent a reply that is not a binary message"), ORIGIN,
+                    self.new_request_id())
+        if message is None and err is not None:
+            message = wire.error_reply(wire.BINARY_FIRST, method, seqid, err)
+            if framed:
+                message = wire.frame(message)
+        call.sink(call, message)
 
     def _local(self, binary: bytes, conn: _Conn) -> bytes | None:
         """The Base service, answered by the gateway itself."""
@@ -535,65 +830,6 @@ class Gateway:
             got = self._policy[key] = matches(self.idempotent, service, method)
         return got
 
-    def _forward(self, cluster: upstream.Cluster, h: wire.Header, binary: bytes, conn: _Conn,
-                 oneway: bool, service: str, method: str,
-                 headers: dict[str, str] | None) -> tuple[bytes | None, ServiceError | None, str]:
-        """Sends the call to an instance, retrying where safe. Returns (reply, error, the
-        instance that answered or failed last)."""
-        idempotent = self._is_idempotent(service, method)
-        budget_s = self._deadline_s(service, method, headers)
-        body = memoryview(binary)[h.body_at:]
-        name = h.name if ":" in h.name else f"{service}:{method}"
-        tried: list[upstream.Instance] = []
-        current: upstream.Instance | None = None
-        err: ServiceError | None = None
-        self.retry_budget.deposit()
-        # A new timer per call: a gevent timer restarted after firing (or racing its own
-        # expiry) was seen to fire again at once, so they are not reused.
-        timer = gevent.Timeout(budget_s)
-        timer.start()
-        try:
-            while True:
-                current = cluster.pick(tried)
-                if current is None:
-                    if err is None:
-                        self.metrics.incr("gateway_no_healthy_instance")
-                        err = errors.unavailable(f"no healthy instance of {service}",
-                                                 retry_after_ms=100)
-                    return None, err, ",".join(i.address for i in tried)
-                try:
-                    reply = current.call(h.mtype, name, body, oneway)
-                    current.succeeded()
-                    return reply, None, current.address
-                except upstream.NotSent as e:
-                    if e.instance_fault:
-                        current.failed()
-                    err = errors.unavailable(f"{service}.{method}: {e}", retry_after_ms=100)
-                    safe = True
-                except upstream.LostAfterSend as e:
-                    current.failed()
-                    err = errors.service_error(
-                        errors.ErrorCode.UNAVAILABLE,
-                        f"{service}.{method}: {e}; the request was sent and may have run",
-                        retryable=idempotent)
-                    safe = idempotent
-                tried.append(current)
-                if (not safe or len(tried) >= self.config.max_attempts
-                        or not self.retry_budget.withdraw()):
-                    return None, err, current.address
-                self.metrics.incr("gateway_retries")
-        except gevent.Timeout as t:
-            if t is not timer:
-                raise
-            if current is not None:
-                current.failed()
-            self.metrics.incr("gateway_deadlines")
-            return None, errors.timeout(
-                f"{service}.{method} did not finish within {budget_s * 1000:.0f} ms",
-                retryable=idempotent), current.address if current else ""
-        finally:
-            timer.close()
-
     # -- drain ----------------------------------------------------------------------------
 
     def drain(self, grace_s: float | None = None) -> bool:
@@ -608,16 +844,40 @@ class Gateway:
             self._sweeper.kill(block=False)
         self.backends.stop()
         clean = close_connections(self.connections, grace_s)
+        if self._expirer is not None:
+            self._expirer.kill(block=False)
         for cluster in self.clusters.values():
             cluster.close()
         self.board.state = Status.STOPPED
         return clean
 
 
-def _reply_code(reply: bytes) -> int:
-    """The ServiceError code of a binary reply, read without decoding it: a result whose
-    first field is field 1, a struct whose first field is the i32 code (0 otherwise)."""
-    at = 12 + int.from_bytes(reply[4:8], "big", signed=True)
+def _keep(call: _Call, message: bytes | None) -> None:
+    """Sink of a call answered before it was sent (denied, limited): the caller's greenlet
+    takes the reply from `call.result`."""
+    call.result = message
+
+
+def _wake(call: _Call, message: bytes | None) -> None:
+    """Sink of a call whose caller's greenlet waits for it (every dialect but framed binary,
+    and oneway calls)."""
+    call.result = message
+    if call.waiter is not None:
+        get_hub().loop.run_callback(call.waiter.switch, None)
+
+
+def _deliver(call: _Call, message: bytes | None) -> None:
+    """Sink of a framed binary caller's call: the framed reply goes straight to its socket."""
+    if message is not None:
+        call.conn.deliver(message)
+    else:
+        call.conn.settled()
+
+
+def _reply_code(reply: bytes, at: int) -> int:
+    """The ServiceError code of a binary reply whose body starts `at`, read without decoding
+    it: a result whose first field is field 1, a struct whose first field is the i32 code
+    (0 otherwise)."""
     if reply[at : at + 3] == b"\x0c\x00\x01" and reply[at + 3 : at + 6] == b"\x08\x00\x01":
         return int.from_bytes(reply[at + 6 : at + 10], "big", signed=True)
     return 0

@@ -4,10 +4,11 @@ Connections (`Link`)
     Each instance has up to `connections_per_instance` framed strict-binary connections.
     Calls from many callers share them: the gateway gives every request a fresh sequence id
     on its connection, and one reader greenlet per connection hands each reply to the call
-    waiting for that id. A call takes the connection with the fewest calls waiting, opening
-    a new one while the instance has fewer than its limit, so calls are pipelined on one
-    connection only when the instance is that busy (glammp servers answer a connection's
-    requests in order, so a pipelined call waits for the ones before it).
+    waiting for that id. A call takes an idle connection, else opens one while the instance
+    has fewer than its limit, else shares the one with the fewest calls (pipelined, up to
+    `pipeline_depth`). The requests queued on a connection in one turn of the event loop go
+    out in one write. glammp servers run a connection's requests concurrently and answer
+    each as it finishes, so a pipelined call never waits for a slow one ahead of it.
 
     A connection that fails (reset, EOF, garbage) is closed and every call waiting on it
     fails with `LostAfterSend`. A connection on which a call ran out of time is retired:
@@ -36,7 +37,7 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
 import gevent.event
@@ -77,6 +78,21 @@ class LostAfterSend(Exception):
     """The connection failed after the request was written; it may have run upstream."""
 
 
+class Call(Protocol):
+    """What `Link.submit` sends and tells of its outcome (the gateway's call in flight)."""
+
+    mtype: int
+    name: str
+    body: memoryview
+    oneway: bool
+    link: Link | None
+    link_seqid: int
+
+    def replied(self, payload: bytes, body_at: int) -> None: ...
+    def lost(self, reason: str) -> None: ...
+    def not_sent(self, reason: str) -> None: ...
+
+
 class Link:
     """One framed-binary connection to an instance, shared by many calls.
 
@@ -88,14 +104,16 @@ class Link:
         self.instance = instance
         self.sock = sock
         self.raw = sockets.raw_of(sock)
-        self.pending: dict[int, Waiter] = {}
+        # What waits for each seqid's reply: a call (`submit`) or a greenlet (`exchange`).
+        self.pending: dict[int, Waiter | Call] = {}
         self.next_seqid = random.randrange(1 << 20)
         self.users = 0
         self.in_idle = False
-        # Frames waiting for the greenlet that is sending (see `_write`), and their seqids.
+        # Frames waiting to be sent (see `_queue` and `_write`), and their seqids.
         self.outbox: list[bytes] = []
         self.queued: list[int] = []
         self.flushing = False
+        self.flush_due = False
         self.retiring = False
         self.closed = False
         self.reader = gevent.spawn(self._read_loop)
@@ -117,7 +135,7 @@ class Link:
         waiter = Waiter()
         self.pending[seqid] = waiter
         try:
-            self._write(data, seqid)
+            self._queue(data, seqid)
             reply: bytes = waiter.get()
             return reply
         except gevent.Timeout:
@@ -127,6 +145,23 @@ class Link:
             raise
         finally:
             self.pending.pop(seqid, None)
+
+    def submit(self, call: Call) -> None:
+        """Sends `call` (queued with the calls of this turn of the loop); its reply, or the
+        loss of this connection, reaches it through `call.replied` / `call.lost` /
+        `call.not_sent`. Raises NotSent when the link is already closed."""
+        if self.closed:
+            raise NotSent("connection closed")
+        seqid = self.next_seqid = (self.next_seqid + 1) & 0x7FFFFFFF
+        call.link_seqid = seqid
+        self.pending[seqid] = call
+        self._queue(wire.framed_message(call.mtype, call.name, seqid, call.body), seqid)
+
+    def abandon(self, call: Call) -> None:
+        """`call` ran out of time: its reply will not be waited for, and since the instance
+        may be stuck behind it, the link takes no new calls."""
+        if self.pending.pop(call.link_seqid, None) is not None and not self.closed:
+            self.retiring = True
 
     def release(self) -> None:
         """A call is done with this link: back to the idle list, or closed if retiring."""
@@ -138,6 +173,57 @@ class Link:
         elif not self.in_idle:
             self.in_idle = True
             self.instance.idle.append(self)
+
+    def _queue(self, data: bytes, seqid: int) -> None:
+        """Queues the frame of a call that waits for its reply; everything queued in one turn
+        of the event loop goes out in one write once the turn's callers have run (many
+        callers' calls share one send, and the instance reads them in one recv). A write
+        that fails fails the queued calls with NotSent (via their waiters)."""
+        self.outbox.append(data)
+        self.queued.append(seqid)
+        if not (self.flush_due or self.flushing):
+            self.flush_due = True
+            get_hub().loop.run_callback(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_due = False
+        if self.flushing or self.closed or not self.outbox:
+            return
+        batch = self.outbox[0] if len(self.outbox) == 1 else b"".join(self.outbox)
+        unsent = self.queued
+        self.outbox, self.queued = [], []
+        sent = 0
+        try:
+            if self.raw is not None:
+                sent = self.raw.send(batch)
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            self._fail_unsent(unsent, f"write failed: {e}")
+            return
+        if sent < len(batch):
+            # The hub must not wait: a greenlet writes the rest, and what is queued meanwhile.
+            self.flushing = True
+            gevent.spawn(self._write_rest, memoryview(batch)[sent:], unsent if not sent else [])
+
+    def _write_rest(self, rest: memoryview, unsent: list[int]) -> None:
+        try:
+            while True:
+                try:
+                    self.sock.sendall(rest)
+                except OSError as e:
+                    self._fail_unsent(unsent + self.queued, f"write failed: {e}")
+                    return
+                if not self.outbox or self.closed:
+                    return
+                rest = memoryview(b"".join(self.outbox))
+                unsent, self.outbox, self.queued = self.queued, [], []
+        except BaseException:
+            if not self.closed:
+                self.close("interrupted while writing")
+            raise
+        finally:
+            self.flushing = False
 
     def _write(self, data: bytes, seqid: int) -> None:
         """Queues the frame; the first caller to queue sends everything queued, in as few
@@ -174,9 +260,13 @@ class Link:
     def _fail_unsent(self, unsent: list[int], reason: str) -> None:
         run_callback = get_hub().loop.run_callback
         for sid in unsent:
-            waiter = self.pending.pop(sid, None)
-            if waiter is not None and waiter.greenlet is not gevent.getcurrent():
-                run_callback(waiter.throw, NotSent(reason))
+            entry = self.pending.pop(sid, None)
+            if entry is None:
+                continue
+            if not isinstance(entry, Waiter):
+                entry.not_sent(reason)
+            elif entry.greenlet is not gevent.getcurrent():
+                run_callback(entry.throw, NotSent(reason))
         self.close(reason)
 
     def _read_loop(self) -> None:
@@ -199,9 +289,20 @@ class Link:
                         break
                     payload = bytes(buf[4 : 4 + size])
                     del buf[: 4 + size]
-                    waiter = self.pending.pop(wire.binary_seqid(payload), None)
-                    if waiter is not None:
-                        run_callback(waiter.switch, payload)
+                    # The seqid, and where the body starts (0: not a binary message).
+                    end = 8 + int.from_bytes(payload[4:8], "big", signed=True)
+                    if payload[:2] != b"\x80\x01" or end < 8 or end + 4 > size:
+                        seqid, body_at = wire.binary_seqid(payload), 0
+                    else:
+                        seqid = int.from_bytes(payload[end : end + 4], "big", signed=True)
+                        body_at = end + 4
+                    entry = self.pending.pop(seqid, None)
+                    if entry is None:
+                        continue
+                    if isinstance(entry, Waiter):
+                        run_callback(entry.switch, payload)
+                    else:
+                        entry.replied(payload, body_at)
         except (OSError, wire.WireError) as e:
             reason = str(e)
         except gevent.GreenletExit:
@@ -222,9 +323,13 @@ class Link:
             log.info("upstream %s connection lost: %s (%d calls waiting)",
                      self.instance.address, reason, len(self.pending))
             run_callback = get_hub().loop.run_callback
-            for waiter in self.pending.values():
-                run_callback(waiter.throw, LostAfterSend(f"{self.instance.address}: {reason}"))
-            self.pending.clear()
+            lost = f"{self.instance.address}: {reason}"
+            pending, self.pending = self.pending, {}
+            for entry in pending.values():
+                if isinstance(entry, Waiter):
+                    run_callback(entry.throw, LostAfterSend(lost))
+                else:
+                    entry.lost(lost)
         self.sock.close()
         if self.reader is not gevent.getcurrent():
             self.reader.kill(block=False)
@@ -335,9 +440,35 @@ class Instance:
         if link in self.links:
             self.links.remove(link)
 
+    def submit(self, call: Call) -> None:
+        """One attempt of `call` on this instance: sent (its outcome comes back to the call),
+        or written at once for a oneway call. Raises NotSent."""
+        self.outstanding += 1
+        self.calls += 1
+        try:
+            link = self.link()
+        except BaseException:
+            self.outstanding -= 1
+            raise
+        if call.oneway:
+            try:
+                link.exchange(call.mtype, call.name, call.body, True)
+            finally:
+                link.release()
+                self.outstanding -= 1
+            return
+        try:
+            link.submit(call)
+        except BaseException:
+            link.release()
+            self.outstanding -= 1
+            raise
+        call.link = link
+
     def call(self, mtype: int, name: str, body: bytes | memoryview,
              oneway: bool) -> bytes | None:
-        """One attempt on this instance; see `Link.exchange` for what it raises."""
+        """One attempt that waits in this greenlet (the status page's backend queries); see
+        `Link.exchange` for what it raises."""
         self.outstanding += 1
         self.calls += 1
         try:
@@ -347,6 +478,14 @@ class Instance:
             finally:
                 link.release()
         finally:
+            self.outstanding -= 1
+
+    def done(self, call: Call) -> None:
+        """`call` no longer holds its link (answered, lost or out of time)."""
+        link = call.link
+        if link is not None:
+            call.link = None
+            link.release()
             self.outstanding -= 1
 
     def succeeded(self) -> None:

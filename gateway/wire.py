@@ -94,13 +94,15 @@ def framed_message(mtype: int, name: str, seqid: int, body: bytes | memoryview) 
                      _I32.pack(len(raw)), raw, _I32.pack(seqid), body))
 
 
-def rename_reply(reply: bytes, header: Header, name: str, seqid: int) -> bytes:
-    """`reply` (parsed as `header`) with another name and seqid; the body is not copied
-    twice."""
-    if name == header.name:
-        return b"".join((reply[: header.body_at - 4], _I32.pack(seqid),
-                         memoryview(reply)[header.body_at:]))
-    return binary_message(header.mtype, name, seqid, memoryview(reply)[header.body_at:])
+def rename_reply(reply: bytes, mtype: int, body_at: int, name: str, seqid: int,
+                 framed: bool = False) -> bytes:
+    """A binary `reply` of type `mtype` whose body starts at `body_at`, with another name
+    and seqid, and with its frame length first when `framed`; the body is copied once."""
+    raw = name.encode()
+    body = memoryview(reply)[body_at:]
+    size = len(raw) + len(body) + 12
+    return b"".join(((_I32.pack(size) if framed else b""), bytes((0x80, 0x01, 0x00, mtype)),
+                     _I32.pack(len(raw)), raw, _I32.pack(seqid), body))
 
 
 def frame(payload: bytes) -> bytes:
