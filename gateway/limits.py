@@ -87,13 +87,18 @@ class RetryBudget:
         # One second's worth to start with, so the first failure after start-up can retry.
         self.balance = min(self.CAP, max(1.0, min_per_s))
         self.stamp = time.monotonic()
+        # Calls made since the last withdrawal, each earning `ratio` of a retry.
+        self.calls = 0
 
     def deposit(self) -> None:
-        self.balance = min(self.CAP, self.balance + self.ratio)
+        """One call made (the gateway counts `calls` itself on its hot path)."""
+        self.calls += 1
 
     def withdraw(self) -> bool:
         now = time.monotonic()
-        self.balance = min(self.CAP, self.balance + (now - self.stamp) * self.min_per_s)
+        earned = self.calls * self.ratio + (now - self.stamp) * self.min_per_s
+        self.calls = 0
+        self.balance = min(self.CAP, self.balance + earned)
         self.stamp = now
         if self.balance >= 1.0:
             self.balance -= 1.0

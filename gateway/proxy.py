@@ -90,7 +90,9 @@ _MALFORMED = (wire.WireError, TProtocolException, TTransportException, framing.F
               TypeError, KeyError, IndexError, RecursionError)
 
 
-_Route = tuple[str, str, "upstream.Cluster | None", bool, bool, float, bool]
+#: The start of a result struct whose field 1 is a struct (ServiceError) whose field 1 is an
+#: i32 (its code).
+_ERROR_FIELD = b"\x0c\x00\x01\x08\x00\x01"
 
 
 class _Closed(Exception):
@@ -186,7 +188,11 @@ class _Conn:
                 self.settled()  # the caller is gone; its greenlet sees that too
                 return
             if sent == len(framed):
-                self.settled()
+                self.busy = False
+                self.last_active = time.monotonic()
+                if self.waiter is not None:
+                    waiter, self.waiter = self.waiter, None
+                    get_hub().loop.run_callback(waiter.switch, None)
                 return
         self.writer = gevent.spawn(self._write_rest, memoryview(framed)[sent:])
 
@@ -200,35 +206,62 @@ class _Conn:
             self.settled()
 
 
+class _Route:
+    """What the config says of calls with one message name (memoized per name until the next
+    reload), and the message-header bytes the gateway writes for them."""
+
+    __slots__ = ("service", "method", "cluster", "oneway", "idempotent", "budget_s",
+                 "limited", "upstream_name", "call_prefix", "reply_prefixes")
+
+    def __init__(self, service: str, method: str, cluster: upstream.Cluster | None,
+                 oneway: bool, idempotent: bool, budget_s: float, limited: bool) -> None:
+        self.service = service
+        self.method = method
+        self.cluster = cluster  # None: the gateway's own Base service, or unknown
+        self.oneway = oneway  # declared oneway in the config
+        self.idempotent = idempotent
+        self.budget_s = budget_s
+        self.limited = limited  # the service has rate limits
+        self.upstream_name = f"{service}:{method}"
+        # A CALL's binary message header up to its seqid, as sent upstream, and the reply
+        # headers (REPLY, EXCEPTION) up to the seqid as the caller gets them: the bare
+        # method name, as Apache's multiplexed processor answers.
+        self.call_prefix = _message_prefix(TMessageType.CALL, self.upstream_name)
+        self.reply_prefixes = {t: _message_prefix(t, method)
+                               for t in (TMessageType.REPLY, TMessageType.EXCEPTION)}
+
+
+def _message_prefix(mtype: int, name: str) -> bytes:
+    raw = name.encode()
+    return bytes((0x80, 0x01, 0x00, mtype)) + len(raw).to_bytes(4, "big") + raw
+
+
 class _Call:
     """A call on its way through the gateway: what to send, where it was tried, and where
     its reply goes (`sink`, given the binary reply message, or None for a oneway call)."""
 
-    __slots__ = ("mtype", "name", "body", "oneway", "link", "link_seqid", "gateway", "conn",
-                 "h", "service", "method", "cluster", "idempotent", "started", "deadline",
-                 "budget_s", "tried", "instance", "err", "done", "sink", "result", "waiter")
+    __slots__ = ("route", "gateway", "conn", "seqid", "mtype", "name", "prefix", "body",
+                 "oneway", "budget_s", "started", "deadline", "link", "link_seqid",
+                 "instance", "tried", "err", "done", "sink", "result", "waiter")
 
-    def __init__(self, gateway: Gateway, conn: _Conn, h: wire.Header, binary: bytes,
-                 service: str, method: str, cluster: upstream.Cluster, oneway: bool,
-                 idempotent: bool, budget_s: float) -> None:
+    def __init__(self, gateway: Gateway, conn: _Conn, route: _Route, h: wire.Header,
+                 binary: bytes, oneway: bool, budget_s: float) -> None:
+        self.route = route
         self.gateway = gateway
         self.conn = conn
-        self.h = h
+        self.seqid = h.seqid  # the caller's
         self.mtype = h.mtype
-        self.name = h.name if ":" in h.name else f"{service}:{method}"
+        self.name = route.upstream_name
+        self.prefix = route.call_prefix if h.mtype == TMessageType.CALL else b""
         self.body = memoryview(binary)[h.body_at:]
-        self.service = service
-        self.method = method
-        self.cluster = cluster
         self.oneway = oneway
-        self.idempotent = idempotent
-        self.started = time.perf_counter()
         self.budget_s = budget_s
+        self.started = time.perf_counter()
         self.deadline = time.monotonic() + budget_s
-        self.tried: list[upstream.Instance] = []
-        self.instance: upstream.Instance | None = None
         self.link: upstream.Link | None = None
         self.link_seqid = 0
+        self.instance: upstream.Instance | None = None
+        self.tried: list[upstream.Instance] = []
         self.err: ServiceError | None = None
         self.done = False
         self.sink: Any = None
@@ -238,9 +271,15 @@ class _Call:
     # -- what the upstream connection tells (upstream.Call) -------------------------------
 
     def replied(self, payload: bytes, body_at: int) -> None:
-        inst = self.instance
-        if inst is not None:
-            inst.done(self)
+        link = self.link
+        if link is not None:
+            self.link = None
+            link.users -= 1
+            if link.users <= 0:
+                link.users += 1
+                link.release()
+            inst = link.instance
+            inst.outstanding -= 1
             inst.failures = 0
         self.gateway._finish(self, payload, None, body_at)
 
@@ -553,15 +592,13 @@ class Gateway:
         return f"{self._id_prefix}-{next(self._ids):x}"
 
     def _route_for(self, name: str) -> _Route:
-        """What the config says of calls named `name` (memoized until the next reload):
-        service, method, cluster (None: the gateway's own Base, or unknown), oneway,
-        idempotent, deadline budget in seconds, and whether the service has rate limits."""
+        """The route of calls named `name`, memoized until the next reload."""
         service, method = self._route_name(name)
-        cluster = self.clusters.get(service)
-        route = (service, method, cluster,
-                 bool(self.oneway) and f"{service}.{method}" in self.oneway,
-                 self._is_idempotent(service, method), self._deadline_s(service, method, None),
-                 service in self.config.rate_limits)
+        route = _Route(service, method, self.clusters.get(service),
+                       bool(self.oneway) and f"{service}.{method}" in self.oneway,
+                       self._is_idempotent(service, method),
+                       self._deadline_s(service, method, None),
+                       service in self.config.rate_limits)
         if len(self._routes) < MAX_ROUTES:
             self._routes[name] = route
         return route
@@ -584,52 +621,60 @@ class Gateway:
         route = self._routes.get(h.name)
         if route is None:
             route = self._route_for(h.name)
-        service, method, cluster, oneway, idempotent, budget_s, limited = route
-        if cluster is None:
-            if service == BASE_SERVICE:
-                try:
-                    return self._local(binary, conn)
-                except _MALFORMED as e:
-                    return self._malformed(wire.BINARY_FIRST, binary, e)
-        if cluster is None or h.mtype not in (TMessageType.CALL, TMessageType.ONEWAY):
+        cluster = route.cluster
+        if cluster is None and route.service == BASE_SERVICE:
+            try:
+                return self._local(binary, conn)
+            except _MALFORMED as e:
+                return self._malformed(wire.BINARY_FIRST, binary, e)
+        mtype = h.mtype
+        if cluster is None or mtype not in (TMessageType.CALL, TMessageType.ONEWAY):
             self.metrics.count_unknown()
             kind = (TApplicationException.UNKNOWN_METHOD if cluster is None
                     else TApplicationException.INVALID_MESSAGE_TYPE)
-            return wire.application_error(wire.BINARY_FIRST, method, h.seqid, kind,
+            return wire.application_error(wire.BINARY_FIRST, route.method, h.seqid, kind,
                                           f"unknown service or method: {h.name!r}")
-        oneway = oneway or h.mtype == TMessageType.ONEWAY
+        service = route.service
+        oneway = route.oneway or mtype == TMessageType.ONEWAY
+        budget_s = route.budget_s
         if headers:
-            budget_s = self._deadline_s(service, method, headers)
+            budget_s = self._deadline_s(service, route.method, headers)
         caller = conn.caller
         err: ServiceError | None = None
-        if not self.access.allowed(caller, service, method):
-            err = errors.forbidden(f"{service}.{method} is not allowed for {caller.key}",
-                                   caller=caller.key)
-        elif limited and (wait_ms := self.rate.take(caller.key, service)) > 0:
+        if not self.access.allowed(caller, service, route.method):
+            err = errors.forbidden(f"{service}.{route.method} is not allowed for "
+                                   f"{caller.key}", caller=caller.key)
+        elif route.limited and (wait_ms := self.rate.take(caller.key, service)) > 0:
             err = errors.too_many_requests(
                 f"{caller.key} is over its rate limit for {service}", wait_ms)
         elif self.inflight >= self.config.max_inflight:
             err = errors.unavailable(
                 f"gateway busy: {self.config.max_inflight} requests in flight",
                 retry_after_ms=50)
-        call = _Call(self, conn, h, binary, service, method, cluster, oneway, idempotent,
-                     budget_s)
+        call = _Call(self, conn, route, h, binary, oneway, budget_s)
         self.inflight += 1
         self.metrics.active += 1
         if err is not None:
             call.sink = _keep
             self._finish(call, None, err)
             return call.result
-        self.retry_budget.deposit()
-        if fast and not oneway:
-            call.sink = _deliver
-            conn.busy = True
-            self._track(call)
-            self._attempt(call)
-            return _ASYNC
-        call.sink = _wake
+        self.retry_budget.calls += 1
         if not oneway:
-            self._track(call)
+            # Watch the deadline. Calls with the same budget reach their deadlines in the
+            # order they started, so one queue per budget is in deadline order.
+            queue = self._expiring.get(budget_s)
+            if queue is None:
+                queue = self._expiring[budget_s] = deque()
+            queue.append(call)
+            if self._expiry_wait is not None:
+                waiter, self._expiry_wait = self._expiry_wait, None
+                get_hub().loop.run_callback(waiter.switch, None)
+            if fast:
+                call.sink = _deliver
+                conn.busy = True
+                self._attempt(call)
+                return _ASYNC
+        call.sink = _wake
         self._attempt(call)
         if not call.done:
             call.waiter = Waiter()
@@ -643,11 +688,13 @@ class Gateway:
         """Sends `call` to an instance, trying others while that is safe (see `_retry`).
         Runs in the caller's greenlet, or in a greenlet of its own for a retry."""
         while not call.done:
-            inst = call.cluster.pick(call.tried)
+            route = call.route
+            assert route.cluster is not None
+            inst = route.cluster.pick(call.tried)
             if inst is None:
                 if call.err is None:
                     self.metrics.incr("gateway_no_healthy_instance")
-                    call.err = errors.unavailable(f"no healthy instance of {call.service}",
+                    call.err = errors.unavailable(f"no healthy instance of {route.service}",
                                                   retry_after_ms=100)
                 self._finish(call, None, call.err)
                 return
@@ -658,7 +705,7 @@ class Gateway:
                 if e.instance_fault:
                     inst.failed()
                 if self._retry(call, inst, errors.unavailable(
-                        f"{call.service}.{call.method}: {e}", retry_after_ms=100), True):
+                        f"{route.service}.{route.method}: {e}", retry_after_ms=100), True):
                     continue
                 return
             if call.oneway:
@@ -691,29 +738,19 @@ class Gateway:
             return
         inst.done(call)
         inst.failed()
+        route = call.route
         if isinstance(exc, upstream.NotSent):
-            err, safe = errors.unavailable(f"{call.service}.{call.method}: {exc}",
+            err, safe = errors.unavailable(f"{route.service}.{route.method}: {exc}",
                                            retry_after_ms=100), True
         else:
             err = errors.service_error(
                 errors.ErrorCode.UNAVAILABLE,
-                f"{call.service}.{call.method}: {exc}; the request was sent and may have run",
-                retryable=call.idempotent)
-            safe = call.idempotent
+                f"{route.service}.{route.method}: {exc}; the request was sent and may have "
+                "run", retryable=route.idempotent)
+            safe = route.idempotent
         if self._retry(call, inst, err, safe):
             # Not here: this is an upstream connection's reader or the hub.
             gevent.spawn(self._attempt, call)
-
-    def _track(self, call: _Call) -> None:
-        """Watches `call`'s deadline. Calls with the same budget end their deadlines in the
-        order they started, so one queue per budget holds them in deadline order."""
-        queue = self._expiring.get(call.budget_s)
-        if queue is None:
-            queue = self._expiring[call.budget_s] = deque()
-        queue.append(call)
-        if self._expiry_wait is not None:
-            waiter, self._expiry_wait = self._expiry_wait, None
-            get_hub().loop.run_callback(waiter.switch, None)
 
     def _expire_calls(self) -> None:
         """Ends the calls whose deadline passed with a 504 (every EXPIRY_TICK_S while calls
@@ -743,9 +780,10 @@ class Gateway:
         if inst is not None:
             inst.failed()
         self.metrics.incr("gateway_deadlines")
+        route = call.route
         self._finish(call, None, errors.timeout(
-            f"{call.service}.{call.method} did not finish within "
-            f"{call.budget_s * 1000:.0f} ms", retryable=call.idempotent))
+            f"{route.service}.{route.method} did not finish within "
+            f"{call.budget_s * 1000:.0f} ms", retryable=route.idempotent))
 
     def _finish(self, call: _Call, reply: bytes | None, err: ServiceError | None,
                 body_at: int = 0) -> None:
@@ -756,41 +794,47 @@ class Gateway:
         call.done = True
         self.inflight -= 1
         self.metrics.active -= 1
-        service, method, seqid = call.service, call.method, call.h.seqid
+        route = call.route
+        code = 0
         if err is not None:
             code = err.code
-        elif reply is not None:
-            code = _reply_code(reply, body_at) if body_at else 0
-        else:
-            code = 0
+        elif body_at and reply is not None and reply[body_at : body_at + 6] == _ERROR_FIELD:
+            # A ServiceError in field 1 of the result, whose first field is its i32 code:
+            # counted by code without decoding the reply.
+            code = int.from_bytes(reply[body_at + 6 : body_at + 10], "big", signed=True)
         elapsed = time.perf_counter() - call.started
-        self.metrics.observe((service, method), code, elapsed)
+        self.metrics.observe((route.service, route.method), code, elapsed)
         rid = ""
         if err is not None:
             rid = self.new_request_id()
             err = errors.with_context(err, ORIGIN, rid)
-        where = call.instance.address if call.instance is not None else ""
         if self.config.access_log and access_log.isEnabledFor(logging.INFO):
             caller = call.conn.caller
             access_log.info("call", extra={
                 "request_id": rid or self.new_request_id(), "peer": caller.ip,
-                "caller": caller.key, "service": service, "method": method, "code": code,
-                "ms": round(elapsed * 1000, 3), "upstream": where, "oneway": call.oneway,
+                "caller": caller.key, "service": route.service, "method": route.method,
+                "code": code, "ms": round(elapsed * 1000, 3),
+                "upstream": call.instance.address if call.instance is not None else "",
+                "oneway": call.oneway,
             })
         framed = call.sink is _deliver
         message: bytes | None = None
         if call.oneway:
             pass
         elif err is None and reply is not None:
-            if body_at:
-                message = wire.rename_reply(reply, reply[3] & 0x07, body_at, method, seqid,
-                                            framed)
+            prefix = route.reply_prefixes.get(reply[3] & 0x07) if body_at else None
+            if prefix is not None:
+                body = memoryview(reply)[body_at:]
+                message = b"".join((
+                    (len(prefix) + 4 + len(body)).to_bytes(4, "big") if framed else b"",
+                    prefix, call.seqid.to_bytes(4, "big", signed=True), body))
             else:
+                where = call.instance.address if call.instance is not None else ""
                 err = errors.with_context(errors.bad_gateway(
                     f"upstream {where} sent a reply that is not a binary message"), ORIGIN,
                     self.new_request_id())
         if message is None and err is not None:
-            message = wire.error_reply(wire.BINARY_FIRST, method, seqid, err)
+            message = wire.error_reply(wire.BINARY_FIRST, route.method, call.seqid, err)
             if framed:
                 message = wire.frame(message)
         call.sink(call, message)
@@ -872,15 +916,6 @@ def _deliver(call: _Call, message: bytes | None) -> None:
         call.conn.deliver(message)
     else:
         call.conn.settled()
-
-
-def _reply_code(reply: bytes, at: int) -> int:
-    """The ServiceError code of a binary reply whose body starts `at`, read without decoding
-    it: a result whose first field is field 1, a struct whose first field is the i32 code
-    (0 otherwise)."""
-    if reply[at : at + 3] == b"\x0c\x00\x01" and reply[at + 3 : at + 6] == b"\x08\x00\x01":
-        return int.from_bytes(reply[at + 6 : at + 10], "big", signed=True)
-    return 0
 
 
 def _tls_context(config: GatewayConfig) -> ssl.SSLContext:

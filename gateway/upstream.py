@@ -79,10 +79,12 @@ class LostAfterSend(Exception):
 
 
 class Call(Protocol):
-    """What `Link.submit` sends and tells of its outcome (the gateway's call in flight)."""
+    """What `Instance.submit` sends, and tells of its outcome (the gateway's call in
+    flight)."""
 
     mtype: int
     name: str
+    prefix: bytes  # the CALL message header up to the seqid
     body: memoryview
     oneway: bool
     link: Link | None
@@ -145,17 +147,6 @@ class Link:
             raise
         finally:
             self.pending.pop(seqid, None)
-
-    def submit(self, call: Call) -> None:
-        """Sends `call` (queued with the calls of this turn of the loop); its reply, or the
-        loss of this connection, reaches it through `call.replied` / `call.lost` /
-        `call.not_sent`. Raises NotSent when the link is already closed."""
-        if self.closed:
-            raise NotSent("connection closed")
-        seqid = self.next_seqid = (self.next_seqid + 1) & 0x7FFFFFFF
-        call.link_seqid = seqid
-        self.pending[seqid] = call
-        self._queue(wire.framed_message(call.mtype, call.name, seqid, call.body), seqid)
 
     def abandon(self, call: Call) -> None:
         """`call` ran out of time: its reply will not be waited for, and since the instance
@@ -346,6 +337,8 @@ class Instance:
         self.metrics = metrics
         self.links: list[Link] = []
         self.idle: list[Link] = []
+        # The connection the last call went out on (`submit` keeps filling it this turn).
+        self.current: Link | None = None
         self.connecting = 0
         self._connected = gevent.event.Event()
         self.outstanding = 0
@@ -442,14 +435,25 @@ class Instance:
 
     def submit(self, call: Call) -> None:
         """One attempt of `call` on this instance: sent (its outcome comes back to the call),
-        or written at once for a oneway call. Raises NotSent."""
+        or written at once for a oneway call. Raises NotSent.
+
+        While calls are arriving, the connection that already has a write due in this turn
+        of the loop takes them too (one write carries them all); otherwise `link()` picks."""
+        # Counted first: `link()` may wait for a connection, and calls picking an instance
+        # meanwhile must see this one as busier.
         self.outstanding += 1
         self.calls += 1
-        try:
-            link = self.link()
-        except BaseException:
-            self.outstanding -= 1
-            raise
+        link = self.current
+        if (link is None or not link.flush_due or link.closed or link.retiring
+                or link.users >= self.depth or self.state == DRAINING):
+            try:
+                link = self.link()
+            except BaseException:
+                self.outstanding -= 1
+                raise
+            self.current = link
+        else:
+            link.users += 1
         if call.oneway:
             try:
                 link.exchange(call.mtype, call.name, call.body, True)
@@ -457,13 +461,29 @@ class Instance:
                 link.release()
                 self.outstanding -= 1
             return
-        try:
-            link.submit(call)
-        except BaseException:
+        if link.closed:
             link.release()
             self.outstanding -= 1
-            raise
+            raise NotSent("connection closed")
+        seqid = link.next_seqid = (link.next_seqid + 1) & 0x7FFFFFFF
+        call.link_seqid = seqid
         call.link = link
+        link.pending[seqid] = call
+        prefix, body = call.prefix, call.body
+        link.outbox.append(b"".join(((len(prefix) + 4 + len(body)).to_bytes(4, "big"), prefix,
+                                     seqid.to_bytes(4, "big"), body)))
+        link.queued.append(seqid)
+        if not (link.flush_due or link.flushing):
+            link.flush_due = True
+            get_hub().loop.run_callback(link._flush)
+
+    def done(self, call: Call) -> None:
+        """`call` no longer holds its link (answered, lost or out of time)."""
+        link = call.link
+        if link is not None:
+            call.link = None
+            link.release()
+            self.outstanding -= 1
 
     def call(self, mtype: int, name: str, body: bytes | memoryview,
              oneway: bool) -> bytes | None:
@@ -478,14 +498,6 @@ class Instance:
             finally:
                 link.release()
         finally:
-            self.outstanding -= 1
-
-    def done(self, call: Call) -> None:
-        """`call` no longer holds its link (answered, lost or out of time)."""
-        link = call.link
-        if link is not None:
-            call.link = None
-            link.release()
             self.outstanding -= 1
 
     def succeeded(self) -> None:
@@ -608,7 +620,7 @@ class Cluster:
         best: list[Instance] = []
         low = 1 << 62
         for inst in self.instances:
-            if inst in exclude or not inst.eligible(now):
+            if inst.state == DRAINING or inst.ejected_until > now or inst in exclude:
                 continue
             if inst.outstanding < low:
                 low, best = inst.outstanding, [inst]

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import select
 import socket
 import time
 from collections.abc import Mapping, Sequence
@@ -205,11 +204,17 @@ class _Connection:
     def usable(self) -> bool:
         """False when the idle connection has something to read: the tracker closed it (a
         restart) or sent a stray line. Either way it must not carry the next request."""
+        if self.buf:
+            return False
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
+            # One non-blocking peek on the OS socket (gevent's would wait for a byte, and
+            # its select with a zero timeout costs far more).
+            (self.raw or self.sock).recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True  # nothing to read: still open and quiet
         except (OSError, ValueError):
             return False
-        return not readable and not self.buf
+        return False  # EOF, or a stray byte
 
     def close(self) -> None:
         self.sock.close()
