@@ -261,25 +261,31 @@ class Link:
         self.close(reason)
 
     def _read_loop(self) -> None:
-        buf = bytearray()
+        # The start of a frame whose end has not arrived yet (appended to in place, so a
+        # large reply read in many pieces is not copied over and over).
+        rest = bytearray()
         max_frame = self.instance.max_frame_bytes
         reason = "closed by upstream"
         run_callback = get_hub().loop.run_callback
-        sock, raw = self.sock, self.raw
+        sock, raw, pending = self.sock, self.raw, self.pending
         try:
             while True:
-                data = sockets.recv(sock, raw, RECV_BYTES)
+                data: bytes | bytearray = sockets.recv(sock, raw, RECV_BYTES)
                 if not data:
                     break
-                buf += data
-                while len(buf) >= 4:
-                    size = int.from_bytes(buf[:4], "big", signed=True)
+                if rest:
+                    rest += data
+                    data = rest
+                at, n = 0, len(data)
+                while n - at >= 4:
+                    size = int.from_bytes(data[at : at + 4], "big", signed=True)
                     if size <= 0 or size > max_frame:
                         raise wire.WireError(f"upstream frame of {size} bytes")
-                    if len(buf) < 4 + size:
+                    if at + 4 + size > n:
                         break
-                    payload = bytes(buf[4 : 4 + size])
-                    del buf[: 4 + size]
+                    payload = (bytes(memoryview(data)[at + 4 : at + 4 + size]) if data is rest
+                               else bytes(data[at + 4 : at + 4 + size]))
+                    at += 4 + size
                     # The seqid, and where the body starts (0: not a binary message).
                     end = 8 + int.from_bytes(payload[4:8], "big", signed=True)
                     if payload[:2] != b"\x80\x01" or end < 8 or end + 4 > size:
@@ -287,13 +293,17 @@ class Link:
                     else:
                         seqid = int.from_bytes(payload[end : end + 4], "big", signed=True)
                         body_at = end + 4
-                    entry = self.pending.pop(seqid, None)
+                    entry = pending.pop(seqid, None)
                     if entry is None:
                         continue
                     if isinstance(entry, Waiter):
                         run_callback(entry.switch, payload)
                     else:
                         entry.replied(payload, body_at)
+                if at == n:
+                    rest = bytearray()
+                elif at or data is not rest:
+                    rest = bytearray(memoryview(data)[at:])
         except (OSError, wire.WireError) as e:
             reason = str(e)
         except gevent.GreenletExit:
@@ -380,7 +390,10 @@ class Instance:
             link.in_idle = False
             if not (link.closed or link.retiring):
                 return link
-        if len(self.links) + self.connecting < self.max_links:
+        # A retiring connection (a call on it ran out of time) takes no new calls, so it
+        # does not count against the limit: it closes once its last call is done.
+        live = sum(1 for link in self.links if not link.retiring)
+        if live + self.connecting < self.max_links:
             return self._connect()
         return self._least_loaded(self.depth)
 
@@ -393,7 +406,7 @@ class Instance:
             # Every connection is still being opened: wait for one (within the caller's
             # deadline) rather than refuse the call.
             self._connected.wait()
-            return self._least_loaded(limit)
+            return self._own_link()  # the connection opened, or failed: look again
         if best is None or best.users >= limit:
             self.metrics.incr("gateway_upstream_pool_full")
             raise NotSent(f"{self.address}: all {self.max_links} connections are full",

@@ -273,3 +273,51 @@ def test_concurrent_callers_share_pooled_connections(gateway, upstreams, links):
     assert got == [True] * 800
     # Forty callers were carried by the few upstream connections allowed (plus the probe).
     assert 1 <= gw.metrics.counters["gateway_upstream_connections_opened"] <= links + 1
+
+
+def test_large_replies_arrive_whole_among_small_ones(gateway, upstreams):
+    # A reply of several MiB reaches the gateway in many reads while small replies for
+    # other callers share its upstream connection; each caller gets exactly its own.
+    import gevent
+
+    (addr, _), = upstreams(1, max_frame_bytes=8 << 20, max_string_bytes=8 << 20)
+    gw = gateway(upstreams={"Cache": [addr]}, connections_per_instance=1,
+                 max_frame_bytes=8 << 20)
+    host, port = gw.address
+    got: list[bool] = []
+
+    def caller(key: str) -> None:
+        with client(host, port, "framed-binary", "Cache") as c:
+            for _ in range(3):
+                got.append(c.get(key, None).value == key.encode())
+
+    keys = ["L" * (3 << 20), "M" * 200_000] + [f"s{i}" for i in range(8)]
+    gevent.joinall([gevent.spawn(caller, k) for k in keys], timeout=60, raise_error=True)
+    assert got == [True] * 30
+
+
+def test_a_retired_connection_does_not_count_against_the_limit(gateway, testapps):
+    # With one connection allowed: a call on it runs out of time, so it is retired, while
+    # another call still holds it. New calls get a new connection, not "all full".
+    import gevent
+
+    app, = testapps(1)
+    gw = gateway(upstreams={"Cache": [app.address]}, connections_per_instance=1)
+    host, port = gw.address
+    inst = gw.clusters["Cache"].instances[0]
+
+    def get(key: str, dialect: str = "framed-binary", **kw: object) -> bytes | ServiceError:
+        with client(host, port, dialect, "Cache", **kw) as c:
+            try:
+                return bytes(c.get(key, None).value)
+            except ServiceError as e:
+                return e
+
+    holder = gevent.spawn(get, "wait:retired")
+    wait_for(lambda: inst.outstanding == 1, 5, what="a call holding the connection")
+    late = get("sleep:2", "header-binary", headers={"Deadline-Budget": "200"})
+    assert isinstance(late, ServiceError) and late.code == ErrorCode.TIMEOUT
+    assert get("after") == b"after"
+    assert get("set:retired") == b"set:retired"
+    assert holder.get(timeout=5) == b"wait:retired"
+    assert gw.metrics.counters.get("gateway_upstream_pool_full", 0) == 0
