@@ -86,6 +86,13 @@ class AccessPolicy:
         self._cache[key] = decision
         return decision
 
+    def for_everyone(self, service: str, method: str) -> bool | None:
+        """The decision for service.method when it is the same for every caller (no rules
+        name callers), else None."""
+        if self.rules:
+            return None
+        return f"{service}.{method}" not in self.admin and self.default_allow
+
     def _decide(self, caller: Caller, service: str, method: str) -> bool:
         admin = f"{service}.{method}" in self.admin
         for rule in self.rules:

@@ -113,7 +113,16 @@ class _Stream(TTransportBase):
         self.counted = 0
 
     def fill(self) -> None:
-        data = sockets.recv(self.sock, self.raw, RECV_BYTES)
+        raw = self.raw
+        if raw is not None:
+            # `sockets.recv`, inlined: it runs once per relayed call.
+            self.sock._wait(self.sock._read_event)
+            try:
+                data = raw.recv(RECV_BYTES)
+            except BlockingIOError:
+                data = self.sock.recv(RECV_BYTES)
+        else:
+            data = self.sock.recv(RECV_BYTES)
         if not data:
             raise _Closed()
         self.buf += data
@@ -211,10 +220,11 @@ class _Route:
     reload), and the message-header bytes the gateway writes for them."""
 
     __slots__ = ("service", "method", "cluster", "oneway", "idempotent", "budget_s",
-                 "limited", "upstream_name", "call_prefix", "reply_prefixes")
+                 "limited", "allowed", "upstream_name", "call_prefix", "reply_prefixes")
 
     def __init__(self, service: str, method: str, cluster: upstream.Cluster | None,
-                 oneway: bool, idempotent: bool, budget_s: float, limited: bool) -> None:
+                 oneway: bool, idempotent: bool, budget_s: float, limited: bool,
+                 allowed: bool | None) -> None:
         self.service = service
         self.method = method
         self.cluster = cluster  # None: the gateway's own Base service, or unknown
@@ -222,6 +232,7 @@ class _Route:
         self.idempotent = idempotent
         self.budget_s = budget_s
         self.limited = limited  # the service has rate limits
+        self.allowed = allowed  # the access rules' answer for every caller (None: it depends)
         self.upstream_name = f"{service}:{method}"
         # A CALL's binary message header up to its seqid, as sent upstream, and the reply
         # headers (REPLY, EXCEPTION) up to the seqid as the caller gets them: the bare
@@ -240,9 +251,16 @@ class _Call:
     """A call on its way through the gateway: what to send, where it was tried, and where
     its reply goes (`sink`, given the binary reply message, or None for a oneway call)."""
 
-    __slots__ = ("route", "gateway", "conn", "seqid", "mtype", "name", "prefix", "body",
-                 "oneway", "budget_s", "started", "deadline", "link", "link_seqid",
-                 "instance", "tried", "err", "done", "sink", "result", "waiter")
+    # Set when they change; the class holds what a new call starts with.
+    link: upstream.Link | None = None
+    link_seqid = 0
+    instance: upstream.Instance | None = None
+    tried: list[upstream.Instance] | None = None
+    err: ServiceError | None = None
+    done = False
+    sink: Any = None
+    result: bytes | None = None
+    waiter: Waiter | None = None
 
     def __init__(self, gateway: Gateway, conn: _Conn, route: _Route, h: wire.Header,
                  binary: bytes, oneway: bool, budget_s: float) -> None:
@@ -256,17 +274,9 @@ class _Call:
         self.body = memoryview(binary)[h.body_at:]
         self.oneway = oneway
         self.budget_s = budget_s
+        # One clock for both: perf_counter is monotonic too.
         self.started = time.perf_counter()
-        self.deadline = time.monotonic() + budget_s
-        self.link: upstream.Link | None = None
-        self.link_seqid = 0
-        self.instance: upstream.Instance | None = None
-        self.tried: list[upstream.Instance] = []
-        self.err: ServiceError | None = None
-        self.done = False
-        self.sink: Any = None
-        self.result: bytes | None = None
-        self.waiter: Waiter | None = None
+        self.deadline = self.started + budget_s
 
     # -- what the upstream connection tells (upstream.Call) -------------------------------
 
@@ -337,6 +347,7 @@ class Gateway:
         """Applies `config` (SIGHUP): existing connections keep going under the new rules."""
         self.config = config
         self.limits = self._limits(config)
+        self.max_inflight = config.max_inflight
         self.clusters = upstream.clusters(
             config, self.metrics, self.clusters,
             on_new=lambda c: c.start() if self._sweeper is not None else None)
@@ -598,7 +609,8 @@ class Gateway:
                        bool(self.oneway) and f"{service}.{method}" in self.oneway,
                        self._is_idempotent(service, method),
                        self._deadline_s(service, method, None),
-                       service in self.config.rate_limits)
+                       service in self.config.rate_limits,
+                       self.access.for_everyone(service, method))
         if len(self._routes) < MAX_ROUTES:
             self._routes[name] = route
         return route
@@ -641,13 +653,14 @@ class Gateway:
             budget_s = self._deadline_s(service, route.method, headers)
         caller = conn.caller
         err: ServiceError | None = None
-        if not self.access.allowed(caller, service, route.method):
+        if not (route.allowed if route.allowed is not None
+                else self.access.allowed(caller, service, route.method)):
             err = errors.forbidden(f"{service}.{route.method} is not allowed for "
                                    f"{caller.key}", caller=caller.key)
         elif route.limited and (wait_ms := self.rate.take(caller.key, service)) > 0:
             err = errors.too_many_requests(
                 f"{caller.key} is over its rate limit for {service}", wait_ms)
-        elif self.inflight >= self.config.max_inflight:
+        elif self.inflight >= self.max_inflight:
             err = errors.unavailable(
                 f"gateway busy: {self.config.max_inflight} requests in flight",
                 retry_after_ms=50)
@@ -690,7 +703,7 @@ class Gateway:
         while not call.done:
             route = call.route
             assert route.cluster is not None
-            inst = route.cluster.pick(call.tried)
+            inst = route.cluster.pick(call.tried or ())
             if inst is None:
                 if call.err is None:
                     self.metrics.incr("gateway_no_healthy_instance")
@@ -723,6 +736,8 @@ class Gateway:
         attempt was safe to repeat, within `max_attempts` and the retry budget); otherwise
         the call ends with `err`."""
         call.err = err
+        if call.tried is None:
+            call.tried = []
         call.tried.append(inst)
         if (not safe or len(call.tried) >= self.config.max_attempts
                 or not self.retry_budget.withdraw()):
@@ -763,7 +778,7 @@ class Gateway:
                 self._expiry_wait.get()
                 continue
             gevent.sleep(EXPIRY_TICK_S)
-            now = time.monotonic()
+            now = time.perf_counter()
             for budget, queue in list(expiring.items()):
                 while queue and (queue[0].done or queue[0].deadline <= now):
                     call = queue.popleft()
