@@ -53,8 +53,10 @@ DEFAULT_POOL_SIZE = 8
 DEFAULT_MAX_CONNECTIONS = 64
 #: How long a request waits for a free slot on a busy storage node, in seconds.
 DEFAULT_POOL_WAIT_S = 10.0
-#: Bytes read from a response at a time when streaming.
-READ_BYTES = 1024 * 1024
+#: Bytes read at a time into the buffer that holds a response's head (and chunked or
+#: until-close bodies). A Content-Length body goes straight into its own buffer instead, so
+#: a large read here would only be copied again: each recv allocates this much first.
+READ_BYTES = 64 * 1024
 #: Longest status line plus headers accepted from a storage node.
 MAX_HEAD_BYTES = 64 * 1024
 
