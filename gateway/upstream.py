@@ -12,16 +12,21 @@ Connections (`Link`)
 
     A connection that fails (reset, EOF, garbage) is closed and every call waiting on it
     fails with `LostAfterSend`. A connection on which a call ran out of time is retired:
-    it takes no new calls and closes when its last waiting call is gone, because a reply
-    that never came means the instance may be stuck behind it.
+    it takes no new calls, no longer counts against `connections_per_instance`, and closes
+    when its last waiting call is gone, because a reply that never came means the instance
+    may be stuck behind it.
 
 Errors and what they mean for a retry
     * `NotSent`: the request never left the gateway (connect refused or timed out, every
       connection full, instance draining). Always safe to send elsewhere.
     * `LostAfterSend`: the connection died after the request was written; the instance may
       have run it. Only idempotent methods may be sent again.
-    * The caller's deadline (a `gevent.Timeout`) passes straight through; the connection is
-      retired (waiting) or closed (interrupted mid-write, since its stream is now torn).
+    A call sent with `Instance.submit` (every caller's call) learns these through its
+    `not_sent` / `lost` methods, or raises NotSent at once; its deadline is the gateway's
+    to watch, which calls `Link.abandon`. For `Link.exchange` (health checks, status
+    queries, oneway writes) they are raised, and the caller's deadline (a `gevent.Timeout`)
+    passes straight through; the connection is retired (waiting) or closed (interrupted
+    mid-write, since its stream is now torn).
 
 Health (`Instance`)
     `up`, `down` (ejected) or `draining`. Passive: `eject_after_failures` consecutive
