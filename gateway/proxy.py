@@ -197,11 +197,7 @@ class _Conn:
                 self.settled()  # the caller is gone; its greenlet sees that too
                 return
             if sent == len(framed):
-                self.busy = False
-                self.last_active = time.monotonic()
-                if self.waiter is not None:
-                    waiter, self.waiter = self.waiter, None
-                    get_hub().loop.run_callback(waiter.switch, None)
+                self.settled()
                 return
         self.writer = gevent.spawn(self._write_rest, memoryview(framed)[sent:])
 
@@ -281,16 +277,10 @@ class _Call:
     # -- what the upstream connection tells (upstream.Call) -------------------------------
 
     def replied(self, payload: bytes, body_at: int) -> None:
-        link = self.link
-        if link is not None:
-            self.link = None
-            link.users -= 1
-            if link.users <= 0:
-                link.users += 1
-                link.release()
-            inst = link.instance
-            inst.outstanding -= 1
-            inst.failures = 0
+        inst = self.instance
+        if inst is not None:
+            inst.done(self)
+            inst.failures = 0  # `succeeded()`
         self.gateway._finish(self, payload, None, body_at)
 
     def lost(self, reason: str) -> None:
@@ -810,6 +800,10 @@ class Gateway:
         self.inflight -= 1
         self.metrics.active -= 1
         route = call.route
+        if err is None and reply is not None and not body_at:
+            where = call.instance.address if call.instance is not None else ""
+            err = errors.bad_gateway(f"upstream {where} sent a reply that is not a binary "
+                                     "message")
         code = 0
         if err is not None:
             code = err.code
@@ -837,17 +831,15 @@ class Gateway:
         if call.oneway:
             pass
         elif err is None and reply is not None:
-            prefix = route.reply_prefixes.get(reply[3] & 0x07) if body_at else None
-            if prefix is not None:
-                body = memoryview(reply)[body_at:]
-                message = b"".join((
-                    (len(prefix) + 4 + len(body)).to_bytes(4, "big") if framed else b"",
-                    prefix, call.seqid.to_bytes(4, "big", signed=True), body))
-            else:
-                where = call.instance.address if call.instance is not None else ""
-                err = errors.with_context(errors.bad_gateway(
-                    f"upstream {where} sent a reply that is not a binary message"), ORIGIN,
-                    self.new_request_id())
+            # The reply's header bytes are the route's (the caller's bare method name, a
+            # REPLY or EXCEPTION), with the caller's seqid; its body is passed through.
+            prefix = route.reply_prefixes.get(reply[3] & 0x07)
+            if prefix is None:
+                prefix = _message_prefix(reply[3] & 0x07, route.method)
+            body = memoryview(reply)[body_at:]
+            message = b"".join((
+                (len(prefix) + 4 + len(body)).to_bytes(4, "big") if framed else b"",
+                prefix, call.seqid.to_bytes(4, "big", signed=True), body))
         if message is None and err is not None:
             message = wire.error_reply(wire.BINARY_FIRST, route.method, call.seqid, err)
             if framed:

@@ -116,7 +116,7 @@ class Link:
         self.next_seqid = random.randrange(1 << 20)
         self.users = 0
         self.in_idle = False
-        # Frames waiting to be sent (see `_queue` and `_write`), and their seqids.
+        # Frames waiting to be sent (see `_queue`), and their seqids (-1: oneway).
         self.outbox: list[bytes] = []
         self.queued: list[int] = []
         self.flushing = False
@@ -137,7 +137,12 @@ class Link:
         seqid = self.next_seqid = (self.next_seqid + 1) & 0x7FFFFFFF
         data = wire.framed_message(mtype, name, seqid, body)
         if oneway:
-            self._write(data, -1)
+            # Sent now, from this greenlet: nothing will wait for a reply, so a write that
+            # fails must be known here, while the call can still go to another instance.
+            self._queue(data, -1)
+            self._flush()
+            if self.closed:
+                raise NotSent("write failed")
             return None
         waiter = Waiter()
         self.pending[seqid] = waiter
@@ -174,7 +179,8 @@ class Link:
         """Queues the frame of a call that waits for its reply; everything queued in one turn
         of the event loop goes out in one write once the turn's callers have run (many
         callers' calls share one send, and the instance reads them in one recv). A write
-        that fails fails the queued calls with NotSent (via their waiters)."""
+        that fails fails the queued calls with NotSent (via their waiters or call objects)
+        and closes the link."""
         self.outbox.append(data)
         self.queued.append(seqid)
         if not (self.flush_due or self.flushing):
@@ -216,38 +222,6 @@ class Link:
                 unsent, self.outbox, self.queued = self.queued, [], []
         except BaseException:
             if not self.closed:
-                self.close("interrupted while writing")
-            raise
-        finally:
-            self.flushing = False
-
-    def _write(self, data: bytes, seqid: int) -> None:
-        """Queues the frame; the first caller to queue sends everything queued, in as few
-        sends as possible (calls pipelined on one link while a send waits go out together).
-        A send failure fails the calls whose frames were not sent with NotSent; an
-        interruption mid-send tears the stream, so the link is closed."""
-        if self.closed:
-            raise NotSent("connection closed")
-        self.outbox.append(data)
-        self.queued.append(seqid)
-        if self.flushing:
-            return
-        self.flushing = True
-        try:
-            while self.outbox and not self.closed:
-                batch = self.outbox[0] if len(self.outbox) == 1 else b"".join(self.outbox)
-                unsent = self.queued
-                self.outbox, self.queued = [], []
-                try:
-                    sockets.send_all(self.sock, self.raw, batch)
-                except OSError as e:
-                    self._fail_unsent(unsent, f"write failed: {e}")
-                    if seqid in unsent:
-                        raise NotSent(f"write failed: {e}") from None
-                    return
-        except BaseException:
-            if not self.closed:
-                # Interrupted mid-frame: the stream is torn, nobody may use it again.
                 self.close("interrupted while writing")
             raise
         finally:
@@ -488,12 +462,8 @@ class Instance:
         call.link = link
         link.pending[seqid] = call
         prefix, body = call.prefix, call.body
-        link.outbox.append(b"".join(((len(prefix) + 4 + len(body)).to_bytes(4, "big"), prefix,
-                                     seqid.to_bytes(4, "big"), body)))
-        link.queued.append(seqid)
-        if not (link.flush_due or link.flushing):
-            link.flush_due = True
-            get_hub().loop.run_callback(link._flush)
+        link._queue(b"".join(((len(prefix) + 4 + len(body)).to_bytes(4, "big"), prefix,
+                              seqid.to_bytes(4, "big"), body)), seqid)
 
     def done(self, call: Call) -> None:
         """`call` no longer holds its link (answered, lost or out of time)."""
