@@ -486,6 +486,9 @@ class Gateway:
                 sockets.send_all(sock, stream.raw, reply)
             conn.last_active = time.monotonic()
             conn.busy = False
+        # Draining: a call sent before the drain began is answered before the connection
+        # closes (it may have been waiting for an upstream connection when the drain began).
+        self._settle(conn)
 
     @staticmethod
     def _settle(conn: _Conn) -> None:

@@ -6,6 +6,7 @@ import signal
 import time
 
 import gevent
+import gevent.event
 
 from glammp.common.ttypes import ErrorCode, ServiceError
 from services.core.children import port_accepts, wait_for
@@ -137,3 +138,27 @@ def test_gateway_drain_finishes_in_flight_calls(gateway, upstreams):
     assert gw.drain(5.0) is True
     assert slow.get(timeout=5) == b"sleep:0.5"
     assert not port_accepts(host, port)
+
+
+def test_a_drain_answers_a_call_still_waiting_for_its_upstream_connection(gateway, testapps):
+    # The drain begins while the call waits for a connection to the instance to open: the
+    # call still goes out and its caller gets the answer before its connection closes.
+    a, = testapps(1)
+    gw = gateway(upstreams={"Cache": [a.address]})
+    gw.backends.stop()  # its status queries would open the pool's first connection
+    host, port = gw.address
+    inst = gw.clusters["Cache"].instances[0]
+    opening = gevent.event.Event()
+    connect = inst._connect
+
+    def slow_connect():  # type: ignore[no-untyped-def]
+        opening.set()
+        gevent.sleep(0.3)
+        return connect()
+
+    inst._connect = slow_connect  # type: ignore[method-assign]
+    caller = gevent.spawn(_call, host, port, "during-drain")
+    assert opening.wait(5) and gw.inflight == 1
+    drained = gevent.spawn(gw.drain, 5.0)
+    assert caller.get(timeout=10) == b"during-drain"
+    assert drained.get(timeout=10) is True
