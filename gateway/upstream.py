@@ -3,12 +3,13 @@
 Connections (`Link`)
     Each instance has up to `connections_per_instance` framed strict-binary connections.
     Calls from many callers share them: the gateway gives every request a fresh sequence id
-    on its connection, and one reader greenlet per connection hands each reply to the call
-    waiting for that id. A call takes an idle connection, else opens one while the instance
-    has fewer than its limit, else shares the one with the fewest calls (pipelined, up to
-    `pipeline_depth`). The requests queued on a connection in one turn of the event loop go
-    out in one write. glammp servers run a connection's requests concurrently and answer
-    each as it finishes, so a pipelined call never waits for a slow one ahead of it.
+    on its connection, and the connection's read callback (run by the event loop, not a
+    greenlet) hands each reply to the call waiting for that id. A call takes an idle
+    connection, else opens one while the instance has fewer than its limit, else shares the
+    one with the fewest calls (pipelined, up to `pipeline_depth`). The requests queued on a
+    connection in one turn of the event loop go out in one write. glammp servers run a
+    connection's requests concurrently and answer each as it finishes, so a pipelined call
+    never waits for a slow one ahead of it.
 
     A connection that fails (reset, EOF, garbage) is closed and every call waiting on it
     fails with `LostAfterSend`. A connection on which a call ran out of time is retired:
@@ -79,6 +80,11 @@ class NotSent(Exception):
         self.instance_fault = instance_fault
 
 
+class WouldWait(Exception):
+    """`submit(..., wait=False)`: the call needs a connection that is still to be opened
+    (or being opened), which takes a greenlet that may wait; nothing was sent."""
+
+
 class LostAfterSend(Exception):
     """The connection failed after the request was written; it may have run upstream."""
 
@@ -123,7 +129,14 @@ class Link:
         self.flush_due = False
         self.retiring = False
         self.closed = False
-        self.reader = gevent.spawn(self._read_loop)
+        # The start of a reply whose end has not arrived yet (appended to in place, so a
+        # large reply read in many pieces is not copied over and over).
+        self.rest = bytearray()
+        # Replies are read by a callback of the event loop, not a greenlet: no switch per
+        # read (`_readable`).
+        assert self.raw is not None
+        self.watcher = get_hub().loop.io(self.raw.fileno(), 1)
+        self.watcher.start(self._readable)
 
     def exchange(self, mtype: int, name: str, body: bytes | memoryview,
                  oneway: bool) -> bytes | None:
@@ -239,56 +252,64 @@ class Link:
                 run_callback(entry.throw, NotSent(reason))
         self.close(reason)
 
-    def _read_loop(self) -> None:
-        # The start of a frame whose end has not arrived yet (appended to in place, so a
-        # large reply read in many pieces is not copied over and over).
-        rest = bytearray()
-        max_frame = self.instance.max_frame_bytes
-        reason = "closed by upstream"
-        run_callback = get_hub().loop.run_callback
-        sock, raw, pending = self.sock, self.raw, self.pending
+    def _readable(self) -> None:
+        """Reads what the instance sent and hands each whole reply to what waits for its
+        seqid. Runs in the event loop, so nothing here may wait."""
+        assert self.raw is not None
         try:
-            while True:
-                data: bytes | bytearray = sockets.recv(sock, raw, RECV_BYTES)
-                if not data:
+            data: bytes | bytearray = self.raw.recv(RECV_BYTES)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self.close(str(e))
+            return
+        if not data:
+            self.close("closed by upstream")
+            return
+        rest = self.rest
+        if rest:
+            rest += data
+            data = rest
+        max_frame = self.instance.max_frame_bytes
+        pending = self.pending
+        at, n = 0, len(data)
+        try:
+            while n - at >= 4:
+                size = int.from_bytes(data[at : at + 4], "big", signed=True)
+                if size <= 0 or size > max_frame:
+                    raise wire.WireError(f"upstream frame of {size} bytes")
+                if at + 4 + size > n:
                     break
-                if rest:
-                    rest += data
-                    data = rest
-                at, n = 0, len(data)
-                while n - at >= 4:
-                    size = int.from_bytes(data[at : at + 4], "big", signed=True)
-                    if size <= 0 or size > max_frame:
-                        raise wire.WireError(f"upstream frame of {size} bytes")
-                    if at + 4 + size > n:
-                        break
-                    payload = (bytes(memoryview(data)[at + 4 : at + 4 + size]) if data is rest
-                               else bytes(data[at + 4 : at + 4 + size]))
-                    at += 4 + size
-                    # The seqid, and where the body starts (0: not a binary message).
-                    end = 8 + int.from_bytes(payload[4:8], "big", signed=True)
-                    if payload[:2] != b"\x80\x01" or end < 8 or end + 4 > size:
-                        seqid, body_at = wire.binary_seqid(payload), 0
-                    else:
-                        seqid = int.from_bytes(payload[end : end + 4], "big", signed=True)
-                        body_at = end + 4
-                    entry = pending.pop(seqid, None)
-                    if entry is None:
-                        continue
-                    if isinstance(entry, Waiter):
-                        run_callback(entry.switch, payload)
-                    else:
-                        entry.replied(payload, body_at)
-                if at == n:
-                    rest = bytearray()
-                elif at or data is not rest:
-                    rest = bytearray(memoryview(data)[at:])
-        except (OSError, wire.WireError) as e:
-            reason = str(e)
-        except gevent.GreenletExit:
-            reason = "closed"
-        finally:
-            self.close(reason)
+                payload = (bytes(memoryview(data)[at + 4 : at + 4 + size]) if data is rest
+                           else bytes(data[at + 4 : at + 4 + size]))
+                at += 4 + size
+                # The seqid, and where the body starts (0: not a binary message).
+                end = 8 + int.from_bytes(payload[4:8], "big", signed=True)
+                if payload[:2] != b"\x80\x01" or end < 8 or end + 4 > size:
+                    seqid, body_at = wire.binary_seqid(payload), 0
+                else:
+                    seqid = int.from_bytes(payload[end : end + 4], "big", signed=True)
+                    body_at = end + 4
+                entry = pending.pop(seqid, None)
+                if entry is None:
+                    continue
+                if isinstance(entry, Waiter):
+                    get_hub().loop.run_callback(entry.switch, payload)
+                else:
+                    entry.replied(payload, body_at)
+        except wire.WireError as e:
+            self.close(str(e))
+            return
+        except Exception:
+            log.exception("upstream %s: unexpected error handling a reply",
+                          self.instance.address)
+            self.close("internal error")
+            return
+        if at == n:
+            if rest:
+                self.rest = bytearray()
+        elif at or data is not rest:
+            self.rest = bytearray(memoryview(data)[at:])
 
     def close(self, reason: str) -> None:
         """Closes the socket and fails every waiting call with LostAfterSend."""
@@ -310,9 +331,8 @@ class Link:
                     run_callback(entry.throw, LostAfterSend(lost))
                 else:
                     entry.lost(lost)
+        self.watcher.stop()  # before the socket closes (this may be its own callback)
         self.sock.close()
-        if self.reader is not gevent.getcurrent():
-            self.reader.kill(block=False)
 
 
 class Instance:
@@ -352,17 +372,18 @@ class Instance:
     def eligible(self, now: float) -> bool:
         return self.state != DRAINING and self.ejected_until <= now
 
-    def link(self) -> Link:
+    def link(self, wait: bool = True) -> Link:
         """A connection for one more call, held until `release()`: an idle one, else a new
         one while under `connections_per_instance`, else the least loaded one while under
-        `pipeline_depth`. Raises NotSent."""
+        `pipeline_depth`. Raises NotSent, or WouldWait (without `wait`) when that takes
+        opening a connection or waiting for one."""
         if self.state == DRAINING:
             raise NotSent(f"{self.address} is draining", instance_fault=False)
-        link = self._own_link()
+        link = self._own_link(wait)
         link.users += 1
         return link
 
-    def _own_link(self) -> Link:
+    def _own_link(self, wait: bool = True) -> Link:
         idle = self.idle
         while idle:
             link = idle.pop()
@@ -373,10 +394,12 @@ class Instance:
         # does not count against the limit: it closes once its last call is done.
         live = sum(1 for link in self.links if not link.retiring)
         if live + self.connecting < self.max_links:
+            if not wait:
+                raise WouldWait()
             return self._connect()
-        return self._least_loaded(self.depth)
+        return self._least_loaded(self.depth, wait)
 
-    def _least_loaded(self, limit: int) -> Link:
+    def _least_loaded(self, limit: int, wait: bool = True) -> Link:
         best: Link | None = None
         for candidate in self.links:
             if not candidate.retiring and (best is None or candidate.users < best.users):
@@ -384,6 +407,8 @@ class Instance:
         if (best is None or best.users >= limit) and self.connecting:
             # Every connection is still being opened: wait for one (within the caller's
             # deadline) rather than refuse the call.
+            if not wait:
+                raise WouldWait()
             self._connected.wait()
             return self._own_link()  # the connection opened, or failed: look again
         if best is None or best.users >= limit:
@@ -425,9 +450,10 @@ class Instance:
         if link in self.links:
             self.links.remove(link)
 
-    def submit(self, call: Call) -> None:
+    def submit(self, call: Call, wait: bool = True) -> None:
         """One attempt of `call` on this instance: sent (its outcome comes back to the call),
-        or written at once for a oneway call. Raises NotSent.
+        or written at once for a oneway call. Raises NotSent, or WouldWait (without `wait`,
+        as from the event loop's own callbacks, which must not block).
 
         While calls are arriving, the connection that already has a write due in this turn
         of the loop takes them too (one write carries them all); otherwise `link()` picks."""
@@ -439,7 +465,11 @@ class Instance:
         if (link is None or not link.flush_due or link.closed or link.retiring
                 or link.users >= self.depth or self.state == DRAINING):
             try:
-                link = self.link()
+                link = self.link(wait)
+            except WouldWait:
+                self.outstanding -= 1
+                self.calls -= 1  # not an attempt: it is made again from a greenlet
+                raise
             except BaseException:
                 self.outstanding -= 1
                 raise
@@ -605,18 +635,20 @@ class Cluster:
 
     def pick(self, exclude: tuple[Instance, ...] | list[Instance] = ()) -> Instance | None:
         now = time.monotonic()
-        best: list[Instance] = []
-        low = 1 << 62
+        best: Instance | None = None
+        low = ties = 0
         for inst in self.instances:
             if inst.state == DRAINING or inst.ejected_until > now or inst in exclude:
                 continue
-            if inst.outstanding < low:
-                low, best = inst.outstanding, [inst]
-            elif inst.outstanding == low:
-                best.append(inst)
-        if not best:
-            return None
-        return best[0] if len(best) == 1 else random.choice(best)
+            outstanding = inst.outstanding
+            if best is None or outstanding < low:
+                best, low, ties = inst, outstanding, 1
+            elif outstanding == low:
+                # Each of the tied instances ends up chosen with the same chance.
+                ties += 1
+                if random.randrange(ties) == 0:
+                    best = inst
+        return best
 
     def healthy(self) -> int:
         now = time.monotonic()
