@@ -243,6 +243,50 @@ def test_pipelined_callers_get_their_own_seqids(gateway, upstreams):
             assert result.name == "get"
 
 
+def test_a_caller_pipelining_far_ahead_is_answered_in_order(gateway, upstreams):
+    # Far more requests than the gateway reads ahead of its answers (it stops reading until
+    # they catch up): every one is answered, in order, with its own seqid.
+    import gevent
+
+    from gateway.proxy import RECV_BYTES
+
+    (addr, _), = upstreams(1)
+    host, port = gateway(upstreams={"Cache": [addr]}).address
+    requests = [_get_request(f"ahead-{i:05d}-" + "p" * 40, seqid=i) for i in range(4000)]
+    assert sum(map(len, requests)) > 3 * RECV_BYTES
+    with socket.create_connection((host, port)) as sock:
+        sender = gevent.spawn(sock.sendall, b"".join(requests))
+        for i in range(4000):
+            result = _result(_read_frame(sock))
+            assert (result.seqid, result.success.value) == (i, f"ahead-{i:05d}-".encode()
+                                                            + b"p" * 40)
+        sender.get(timeout=10)
+
+
+def test_frames_that_need_translating_between_passed_through_ones(gateway, upstreams):
+    # Binary frames are relayed from the event loop; a compact or an oversized frame in
+    # between is served by the connection's greenlet, then relaying resumes, in order.
+    from thrift.protocol.TCompactProtocol import TCompactProtocol
+
+    (addr, _), = upstreams(1)
+    host, port = gateway(upstreams={"Cache": [addr]}, max_frame_bytes=10_000).address
+    buf = TMemoryBuffer()
+    compact = Cache.Client(TMultiplexedProtocol(TCompactProtocol(buf), "Cache"))
+    compact._seqid = 2
+    compact.send_get("compact", None)
+    body = buf.getvalue()
+    with socket.create_connection((host, port)) as sock:
+        sock.sendall(_get_request("one", seqid=1) + struct.pack(">i", len(body)) + body
+                     + _get_request("x" * 20_000, seqid=3) + _get_request("four", seqid=4))
+        assert _result(_read_frame(sock)).success.value == b"one"
+        reply = _read_frame(sock)
+        assert reply[0] == 0x82  # compact, as asked
+        result = _result(_read_frame(sock))
+        assert result.seqid == 3 and result.err.code == ErrorCode.PAYLOAD_TOO_LARGE
+        result = _result(_read_frame(sock))
+        assert (result.seqid, result.success.value) == (4, b"four")
+
+
 def test_malformed_body_in_a_whole_frame_keeps_the_connection(gateway, upstreams):
     (addr, _), = upstreams(1)
     host, port = gateway(upstreams={"Cache": [addr]}).address
