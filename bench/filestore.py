@@ -131,7 +131,8 @@ class Direct:
 
 
 def _glammp_store_big(c: Any, key: str) -> None:
-    up = c.begin_upload("", key, None)
+    # The direct side's class: one copy, so no replication competes with what is measured.
+    up = c.begin_upload("", key, StoreOptions(storage_class=CLASS))
     offset = 0
     while offset < BIG:
         offset = c.append_chunk(up.upload_id, offset, PIECE[:min(CHUNK, BIG - offset)])

@@ -25,6 +25,10 @@ A handler may also define `<method>_wire`, taking the same arguments and returni
 success value already encoded in the binary protocol (the field's body, without its header).
 The binary fast path calls it instead of `<method>`, for results whose generic encoding costs
 more than the call (the cache's `get_multi` builds no `Item` objects this way).
+
+A method whose result is `binary` may return a `services.core.streams.StreamedBody`: the
+binary fast path hands it to the server to write as it arrives; everywhere else it is read
+whole within the call.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from glammp.common.ttypes import ServiceError
 from services.core import binary, errors
 from services.core.context import CallContext, ConnectionState, set_current
 from services.core.metrics import Metrics
+from services.core.streams import StreamedBody
 
 log = logging.getLogger(__name__)
 
@@ -229,16 +234,17 @@ class Dispatcher:
         args = method.args_cls()
         _decode_binary(args, iprot, method.args_type)
         wire_fn = method.wire_fn
-        result = self.call(method, args, conn, None, wire_fn)
+        result = self.call(method, args, conn, None, wire_fn, streamed=True)
         if result is None:
             return None
         seqid = payload[end : end + 4]
         if wire_fn is not None and result.err is None:
             return [method.reply_header, seqid, method.success_header, result.success, b"\0"]
         value = result.success if method.binary_success else None
-        if isinstance(value, (bytes, bytearray)) and result.err is None:
+        if isinstance(value, (bytes, bytearray, StreamedBody)) and result.err is None:
             # The C encoder copies a large binary result byte by byte (~0.8 ms per MiB);
-            # field 0, type STRING, then the bytes and the struct's stop byte.
+            # field 0, type STRING, then the bytes and the struct's stop byte. A streamed
+            # body stays a piece of its own, written by the server as it arrives.
             return [method.reply_header, seqid, _BINARY_SUCCESS, _I32.pack(len(value)), value,
                     b"\0"]
         return [method.reply_header, seqid, method.encode(result, method.result_type)]
@@ -295,9 +301,12 @@ class Dispatcher:
         conn: ConnectionState,
         headers: dict[str, str] | None,
         fn: Callable[..., Any] | None = None,
+        streamed: bool = False,
     ) -> Any:
         """Runs the handler (`fn`, by default the method's) behind the boundary and returns
-        the filled result struct."""
+        the filled result struct. A `StreamedBody` result is read whole here (within the
+        call's deadline, its failure the call's error) unless the caller sends it as it
+        arrives (`streamed`)."""
         started = time.perf_counter()
         request_id: str | Callable[[], str] = self.new_request_id
         budget_s = method.deadline_s
@@ -336,6 +345,8 @@ class Dispatcher:
             fired = False
             try:
                 value = (fn or method.fn)(*[getattr(args, a) for a in method.arg_names])
+                if method.binary_success and not streamed and isinstance(value, StreamedBody):
+                    value = value.read_all()
             except ServiceError as e:
                 err = e
             except errors.DeadlineExceeded as e:

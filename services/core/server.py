@@ -57,6 +57,8 @@ from services.core.dispatch import (
     NOT_FAST,
     Dispatcher,
 )
+from services.core.streams import MIN_BYTES as MIN_STREAMED_BYTES
+from services.core.streams import StreamedBody
 from services.core.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,8 @@ DEFAULT_BACKLOG = 1024
 RECV_BYTES = 64 * 1024
 #: Replies larger than this are sent from their pieces (sendmsg) instead of joined first.
 GATHER_BYTES = 64 * 1024
+# A reply with a streamed body is never joined (a body is not bytes).
+assert GATHER_BYTES <= MIN_STREAMED_BYTES
 
 _I32 = struct.Struct(">i")
 
@@ -199,7 +203,7 @@ class _Connection:
     be written."""
 
     __slots__ = ("running", "greenlet", "last_active", "binary", "state", "sock", "raw",
-                 "outbox", "flush_due", "writer", "failed", "settled")
+                 "outbox", "flush_due", "writer", "failed", "settled", "streams")
 
     def __init__(self, limits: framing.Limits, sock: socket.socket,
                  state: ConnectionState) -> None:
@@ -219,10 +223,14 @@ class _Connection:
         self.failed: Exception | None = None
         # Set when the last running frame or write ends, for a reader waiting to close.
         self.settled: gevent.event.Event | None = None
+        # The outbox holds a streamed body (which only a writer greenlet can send).
+        self.streams = False
 
     @property
     def busy(self) -> bool:
-        return self.running > 0
+        # A reply still being written (a streamed body) keeps the connection busy too: the
+        # idle sweeper and a drain leave it alone until it is sent.
+        return self.running > 0 or self.writer is not None
 
     def queue(self, reply: bytes | list[bytes]) -> None:
         """Queues a framed reply; everything queued in one turn of the loop goes out in one
@@ -230,7 +238,10 @@ class _Connection:
         if isinstance(reply, bytes):
             self.outbox.append(reply)
         else:
+            # Only large replies come in pieces; a streamed body is one of them.
             self.outbox.extend(reply)
+            if not self.streams:
+                self.streams = any(isinstance(p, StreamedBody) for p in reply)
         if not self.flush_due:
             self.flush_due = True
             gevent.get_hub().loop.run_callback(self._flush)
@@ -240,6 +251,11 @@ class _Connection:
         if self.writer is not None or not self.outbox:
             return  # the writer takes what was queued behind it
         pieces, self.outbox = self.outbox, []
+        if self.streams:
+            # A body is read as it is sent, which may wait: a greenlet writes it all.
+            self.streams = False
+            self.writer = gevent.spawn(self._write_rest, pieces)
+            return
         raw = self.raw
         try:
             if raw is None:
@@ -267,15 +283,36 @@ class _Connection:
     def _write_rest(self, pieces: list) -> None:
         try:
             while pieces:
-                for piece in pieces:
-                    self.sock.sendall(piece)
-                pieces, self.outbox = self.outbox, []
+                for i, piece in enumerate(pieces):
+                    if isinstance(piece, StreamedBody):
+                        pieces[i] = b""  # taken: `_send_body` closes it
+                        self._send_body(piece)
+                    else:
+                        self.sock.sendall(piece)
+                pieces, self.outbox, self.streams = self.outbox, [], False
         except OSError:
-            pass
+            pass  # the caller is gone
+        except Exception as e:
+            # A body that failed midway (no other source could make up its bytes): its frame
+            # is torn, so the connection ends; the caller sees a transport error.
+            log.warning("streamed reply cut short, closing the connection: %s", e)
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
         finally:
+            for piece in pieces + self.outbox:
+                if isinstance(piece, StreamedBody):
+                    piece.close()
             self.writer = None
             if self.settled is not None:
                 self.settled.set()
+
+    def _send_body(self, body: StreamedBody) -> None:
+        try:
+            for chunk in body.chunks():
+                self.sock.sendall(chunk)
+                self.last_active = time.monotonic()
+        finally:
+            body.close()
 
 
 class ThriftServer:

@@ -50,7 +50,7 @@ from glammp.filestore.ttypes import (
 )
 from services.cache.client import Cluster
 from services.cache.service import PoolConfig, build_cluster
-from services.core import errors
+from services.core import errors, streams
 from services.core.errors import ErrorCode, ServiceError
 from services.filestore import tracker as tracker_mod
 from services.filestore.pathcache import PathCache
@@ -275,9 +275,12 @@ class FilestoreHandler:
                 if p]
 
     def _read(self, domain: str, key: str, offset: int, length: int | None,
-              check: str | None = None) -> bytes:
+              check: str | None = None) -> bytes | streams.StreamedBody:
         """Bytes of (domain, key) from the first good copy; cached paths first, then the
-        tracker's when the cached ones fail. `check` is a checksum every copy must match."""
+        tracker's when the cached ones fail. `check` is a checksum every copy must match.
+        Without one, a large copy comes back as a body the server sends on as it arrives
+        (see `services.core.streams`), which finds the rest on the other paths if its node
+        fails midway."""
         count = self.config.read_pathcount
         mismatches: list[str] = []
 
@@ -300,8 +303,10 @@ class FilestoreHandler:
                 if self.paths is not None:
                     self.paths.put(domain, key, "", count, paths)
             try:
+                # Large copies are sent on as they arrive (no checksum to verify first).
                 return self.storage.read(paths, offset, length, self.config.max_file_bytes,
-                                         verify if check is not None else None)
+                                         verify if check is not None else None,
+                                         streams.MIN_BYTES)
             except StorageFailure as e:
                 last = e
                 if cached is None:
@@ -444,7 +449,8 @@ class FilestoreHandler:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def fetch(self, domain: str, key: str, opts: FetchOptions | None) -> bytes:
+    def fetch(self, domain: str, key: str,
+              opts: FetchOptions | None) -> bytes | streams.StreamedBody:
         domain, key = self._domain(domain), _name(key, "key")
         verify = self.config.verify_reads if opts is None or opts.verify is None \
             else opts.verify
@@ -460,7 +466,8 @@ class FilestoreHandler:
             check = info.checksum
         return self._read(domain, key, 0, None, check)
 
-    def fetch_range(self, domain: str, key: str, offset: int, length: int) -> bytes:
+    def fetch_range(self, domain: str, key: str, offset: int,
+                    length: int) -> bytes | streams.StreamedBody:
         domain, key = self._domain(domain), _name(key, "key")
         if offset is None or length is None or offset < 0 or length < 0:
             raise errors.bad_request("offset and length must be >= 0", argument="offset")

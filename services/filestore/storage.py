@@ -9,6 +9,12 @@ Reads
     MogileFS only checks the first path, so this fallback is the client's job. An optional
     `check` callback rejects a copy (e.g. a checksum mismatch) and moves on as well.
 
+    With `stream_min`, a copy at least that long is not read here: `read` returns a
+    `StoredBody` as soon as its node has answered, and the server sends the body on as it
+    arrives. If that node fails mid-body, the body asks the next path for the rest (a Range
+    request from where it stopped); only when no path can give it does the read fail, after
+    the caller's reply has started (see `services.core.streams`).
+
 Writes
     `put` sends a body with Content-Length (and Content-MD5, which mogstored verifies).
     `ChunkedPut` keeps one PUT open with ``Transfer-Encoding: chunked`` so an upload session
@@ -34,12 +40,15 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import gevent.lock
 
+from glammp.common.ttypes import ServiceError
 from services.core import errors, sockets
+from services.core.streams import StreamedBody
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,8 @@ DEFAULT_POOL_WAIT_S = 10.0
 #: until-close bodies). A Content-Length body goes straight into its own buffer instead, so
 #: a large read here would only be copied again: each recv allocates this much first.
 READ_BYTES = 64 * 1024
+#: Bytes read from a storage node at a time while a body is streamed on.
+STREAM_CHUNK_BYTES = 256 * 1024
 #: Longest status line plus headers accepted from a storage node.
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -130,6 +141,12 @@ class HttpConnection:
         """Reads one answer. A Content-Length over `max_bytes` (on a success status) raises
         413 before the body is read; the connection is then not reusable (closed by the
         caller)."""
+        status, headers, keep = self.response_head()
+        body, whole = self.response_body(method, status, headers, max_bytes, url)
+        return status, headers, body, keep and whole
+
+    def response_head(self) -> tuple[int, dict[str, str], bool]:
+        """An answer's status, lower-case headers and whether the connection may be kept."""
         status = 100
         while 100 <= status < 200:
             # An interim answer (100 Continue, which a server may send unasked) is skipped:
@@ -143,18 +160,33 @@ class HttpConnection:
             headers[name.strip().lower()] = value.strip()
         connection = headers.get("connection", "").lower()
         keep = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
+        return status, headers, keep
+
+    def response_body(self, method: str, status: int, headers: dict[str, str],
+                      max_bytes: int | None, url: str) -> tuple[bytes, bool]:
+        """The body of the answer whose head was read, and whether the connection is left at
+        the end of it (False: it ended by closing)."""
         if method == "HEAD" or status in (204, 304):
-            return status, headers, b"", keep
+            return b"", True
         if headers.get("transfer-encoding", "").lower() == "chunked":
-            return status, headers, self._chunked(max_bytes, status, url), keep
-        length = headers.get("content-length")
-        if length is None:
-            return status, headers, self._until_close(max_bytes, status, url), False
-        if not length.isdigit():
-            raise HttpError(f"bad Content-Length {length!r}")
-        size = int(length)
+            return self._chunked(max_bytes, status, url), True
+        size = content_length(headers)
+        if size is None:
+            return self._until_close(max_bytes, status, url), False
         _check_size(size, max_bytes, status, url)
-        return status, headers, self._exactly(size), keep
+        return self._exactly(size), True
+
+    def read_some(self, n: int) -> bytes:
+        """Up to `n` bytes of the body being read (HttpError when the node closes)."""
+        buf = self.buf
+        if buf:
+            out = bytes(buf[:n])
+            del buf[:n]
+            return out
+        data: bytes = self.sock.recv(n)
+        if not data:
+            raise HttpError("connection closed before the body's end")
+        return data
 
     def _head(self) -> tuple[str, int, list[str]]:
         """The next response head: (HTTP version, status, its lines)."""
@@ -238,6 +270,18 @@ class HttpConnection:
         self.sock.close()
 
 
+def content_length(headers: dict[str, str]) -> int | None:
+    """The Content-Length of a body that is not chunked; None when there is none."""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        return None
+    length = headers.get("content-length")
+    if length is None:
+        return None
+    if not length.isdigit():
+        raise HttpError(f"bad Content-Length {length!r}")
+    return int(length)
+
+
 def _check_size(size: int, max_bytes: int | None, status: int, url: str) -> None:
     if max_bytes is not None and size > max_bytes and status < 300:
         raise errors.too_large(f"{url} holds {size} bytes, more than {max_bytes} in one call",
@@ -287,11 +331,9 @@ class StorageClient:
         else:
             conn.close()
 
-    def _exchange(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
-                  max_bytes: int | None) -> tuple[int, dict[str, str], bytes]:
-        """One request with a buffered body: (status, lower-case headers, body). A response
-        larger than `max_bytes` raises 413 without reading it."""
-        host, port, path = _split(url)
+    def slot(self, host: str, port: int) -> gevent.lock.BoundedSemaphore:
+        """A request slot on (host, port), taken (503 when none frees up in time); the
+        caller releases it."""
         slots = self._slots.get((host, port))
         if slots is None:
             slots = self._slots[(host, port)] = gevent.lock.BoundedSemaphore(
@@ -299,23 +341,54 @@ class StorageClient:
         if not slots.acquire(timeout=self.pool_wait_s):
             raise errors.unavailable(f"storage node {host}:{port} is busy: no free connection "
                                      f"within {self.pool_wait_s:g}s", node=f"{host}:{port}")
+        return slots
+
+    def give(self, host: str, port: int, conn: HttpConnection) -> None:
+        """A connection left at the end of a complete answer, back to the idle pool."""
+        self._give(host, port, conn)
+
+    def _exchange(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
+                  max_bytes: int | None,
+                  stream_min: int | None = None) -> tuple[int, dict[str, str], Any]:
+        """One request with a buffered body: (status, lower-case headers, body). A response
+        larger than `max_bytes` raises 413 without reading it. With `stream_min`, a success
+        body at least that long comes back unread, as a `StoredBody` holding the connection
+        and its request slot."""
+        host, port, path = _split(url)
+        slots = self.slot(host, port)
+        handed = False
         try:
-            return self._exchange_on(method, url, host, port, path, headers, body, max_bytes)
+            status, hdrs, data = self._exchange_on(method, url, host, port, path, headers,
+                                                   body, max_bytes, stream_min, slots)
+            handed = isinstance(data, StoredBody)
+            return status, hdrs, data
         finally:
-            slots.release()
+            if not handed:
+                slots.release()
 
     def _exchange_on(self, method: str, url: str, host: str, port: int, path: str,
-                     headers: dict[str, str], body: bytes | None,
-                     max_bytes: int | None) -> tuple[int, dict[str, str], bytes]:
+                     headers: dict[str, str], body: bytes | None, max_bytes: int | None,
+                     stream_min: int | None,
+                     slots: gevent.lock.BoundedSemaphore) -> tuple[int, dict[str, str], Any]:
         for attempt in (0, 1):
             conn, reused = self._take(url, host, port, fresh=attempt > 0)
-            done = False
+            done = handed = False
             try:
                 try:
                     if body is not None or method in ("PUT", "POST"):
                         headers = {**headers, "Content-Length": str(len(body or b""))}
                     conn.send_head(method, path, headers, body)
-                    status, hdrs, data, keep = conn.response(method, max_bytes, url)
+                    status, hdrs, keep = conn.response_head()
+                    # A whole copy (or the range asked for) long enough to be streamed.
+                    size = (content_length(hdrs)
+                            if status == (206 if "Range" in headers else 200) else None)
+                    if stream_min is not None and size is not None and size >= stream_min:
+                        _check_size(size, max_bytes, status, url)
+                        handed = True
+                        return status, hdrs, StoredBody(self, url, (host, port), conn, slots,
+                                                        size, keep)
+                    data, whole = conn.response_body(method, status, hdrs, max_bytes, url)
+                    keep = keep and whole
                 except (StaleConnection, BrokenPipeError, ConnectionResetError) as e:
                     if reused and attempt == 0:
                         # The node closed idle keep-alive connections (a restart, an idle
@@ -330,7 +403,7 @@ class StorageClient:
             finally:
                 if done:
                     self._give(host, port, conn)
-                else:
+                elif not handed:
                     conn.close()
         raise StorageFailure(url, f"{method} failed twice")  # unreachable: loop returns/raises
 
@@ -346,15 +419,19 @@ class StorageClient:
         return int(hdrs.get("content-length", "0") or 0)
 
     def get(self, url: str, offset: int = 0, length: int | None = None,
-            max_bytes: int | None = None) -> bytes:
+            max_bytes: int | None = None, stream_min: int | None = None) -> Any:
         """The copy at `url`, or `length` bytes of it from `offset` (fewer at the end, none
         past it); 413 when the answer would exceed `max_bytes`. A body that arrived over
-        several reads comes back as the bytearray it was read into (not copied again)."""
+        several reads comes back as the bytearray it was read into (not copied again); with
+        `stream_min`, one at least that long comes back unread, as a `StoredBody`."""
         headers = {}
         if offset or length is not None:
             last = "" if length is None else str(offset + length - 1)
             headers["Range"] = f"bytes={offset}-{last}"
-        status, _, data = self._exchange("GET", url, headers, None, max_bytes)
+        status, _, data = self._exchange("GET", url, headers, None, max_bytes, stream_min)
+        if isinstance(data, StoredBody):
+            data.offset = offset
+            return data
         if status == 416:
             return b""
         if status == 404:
@@ -384,20 +461,29 @@ class StorageClient:
 
     def read(self, paths: Sequence[str], offset: int = 0, length: int | None = None,
              max_bytes: int | None = None,
-             check: Callable[[str, bytes], str | None] | None = None) -> bytes:
+             check: Callable[[str, bytes], str | None] | None = None,
+             stream_min: int | None = None) -> Any:
         """The first good copy among `paths` (see the module docstring). `check(url, data)`
         returns a reason to reject a copy, or None. Raises the last StorageFailure when no
-        copy is good (missing=True only when every copy was missing), 413 at once."""
+        copy is good (missing=True only when every copy was missing), 413 at once.
+
+        With `stream_min` (and no `check`, which needs the whole copy first), a copy at least
+        that long comes back as a `StoredBody` as soon as its node has answered; the paths
+        after it are where the body finds the rest if that node fails midway."""
         if not paths:
             raise StorageFailure("", "no paths", missing=True)
         failures: list[StorageFailure] = []
-        for url in paths:
+        for i, url in enumerate(paths):
             try:
-                data = self.get(url, offset, length, max_bytes)
+                data = self.get(url, offset, length, max_bytes,
+                                None if check is not None else stream_min)
             except StorageFailure as e:
                 log.warning("read from storage failed, trying the next copy: %s", e)
                 failures.append(e)
                 continue
+            if isinstance(data, StoredBody):
+                data.fallback = list(paths[i + 1 :])
+                return data
             reason = check(url, data) if check else None
             if reason is None:
                 return data
@@ -412,6 +498,77 @@ class StorageClient:
             for conn in idle:
                 conn.close()
         self._idle.clear()
+
+
+class StoredBody(StreamedBody):
+    """A copy's bytes, read from its storage node while the server sends them on (see
+    `services.core.streams`). When the node fails midway, the rest is asked of the next copy
+    in `fallback` (a Range request from where it stopped), so the caller still gets exactly
+    `length` bytes; only when no copy can give them does `chunks` raise (502)."""
+
+    def __init__(self, client: StorageClient, url: str, node: tuple[str, int],
+                 conn: HttpConnection, slots: gevent.lock.BoundedSemaphore, length: int,
+                 keep: bool) -> None:
+        super().__init__(length)
+        self.client = client
+        self.url = url
+        # Where the body starts in the file (to ask another copy for the rest).
+        self.offset = 0
+        self.fallback: list[str] = []
+        self._node = node
+        self._conn: HttpConnection | None = conn
+        self._slots: gevent.lock.BoundedSemaphore | None = slots
+        self._keep = keep
+        self._failures: list[str] = []
+
+    def chunks(self) -> Iterator[bytes]:
+        got = 0
+        while got < self.length:
+            try:
+                if self._conn is None:
+                    self._resume(got)
+                assert self._conn is not None
+                piece = self._conn.read_some(min(STREAM_CHUNK_BYTES, self.length - got))
+            except (OSError, HttpError, StorageFailure, ServiceError) as e:
+                self._failures.append(f"{self.url}: {e!r}")
+                self._release(reuse=False)
+                if not self.fallback:
+                    raise errors.bad_gateway(
+                        f"no copy could give the rest of a {self.length}-byte body after "
+                        f"{got} bytes: {'; '.join(self._failures)}") from None
+                self.url = self.fallback.pop(0)
+                log.warning("storage read failed midway, going on from %s: %s", self.url, e)
+                continue
+            got += len(piece)
+            yield piece
+        self._release(reuse=self._keep)
+
+    def _resume(self, got: int) -> None:
+        """The rest of the body, from byte `got`, asked of `self.url`."""
+        host, port, path = _split(self.url)
+        self._node = (host, port)
+        self._slots = self.client.slot(host, port)
+        self._conn = self.client.connect(self.url, host, port)
+        start, end = self.offset + got, self.offset + self.length - 1
+        self._conn.send_head("GET", path, {"Range": f"bytes={start}-{end}"})
+        status, headers, self._keep = self._conn.response_head()
+        if (status != 206 or content_length(headers) != self.length - got
+                or not headers.get("content-range", "").startswith(f"bytes {start}-")):
+            raise StorageFailure(self.url, f"the rest of the copy was answered {status}")
+
+    def _release(self, reuse: bool) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if reuse:
+                self.client.give(*self._node, conn)
+            else:
+                conn.close()
+        slots, self._slots = self._slots, None
+        if slots is not None:
+            slots.release()
+
+    def close(self) -> None:
+        self._release(reuse=False)
 
 
 class ChunkedPut:

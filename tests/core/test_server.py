@@ -274,6 +274,56 @@ def test_binary_results_round_trip_in_every_dialect(serve):
             assert c.fetch("d", "empty", None) == b""
 
 
+def test_streamed_bodies_arrive_whole_and_one_cut_short_ends_only_its_connection(serve):
+    # A handler's StreamedBody is written as it is read (binary fast path) or read whole
+    # first (every other dialect); one that fails midway can only cut its frame, so its
+    # connection ends, and every body is closed, sent or not.
+    import glammp.filestore.Filestore
+    from services.core.dispatch import Mount
+    from services.core.streams import StreamedBody
+
+    blob = bytes(range(256)) * 1024 + b"tail"
+    closed: list[str] = []
+
+    class Body(StreamedBody):
+        def __init__(self, key: str) -> None:
+            super().__init__(len(blob))
+            self.key = key
+
+        def chunks(self):
+            for at in range(0, len(blob), 50_000):
+                if self.key == "fails" and at >= 100_000:
+                    raise RuntimeError("the source went away")
+                gevent.sleep(0)  # the reply's first bytes are out before the rest is read
+                yield blob[at : at + 50_000]
+
+        def close(self) -> None:
+            closed.append(self.key)
+
+    class Files:
+        def fetch(self, domain: str, key: str, opts: object) -> object:
+            return Body(key)
+
+    proc = serve([Mount("Filestore", glammp.filestore.Filestore, Files(), "filestore")])
+    host, port = proc.server.address
+    for dialect in DIALECTS:
+        with client(host, port, dialect, "Filestore") as c:
+            assert c.fetch("d", "whole", None) == blob
+    assert closed == ["whole"] * len(DIALECTS)
+    with client(host, port, "framed-binary", "Filestore") as c:
+        with pytest.raises(TTransportException):
+            c.fetch("d", "fails", None)
+    with client(host, port, "framed-compact", "Filestore") as c:
+        # Not streamed: the failure is the call's, before anything was written.
+        with pytest.raises(ServiceError) as e:
+            c.fetch("d", "fails", None)
+        assert e.value.code == ErrorCode.INTERNAL
+        assert c.fetch("d", "after", None) == blob
+    with client(host, port, "framed-binary", "Filestore") as c:
+        assert c.fetch("d", "again", None) == blob
+    assert closed.count("fails") == 2 and closed[-1] == "again"
+
+
 @pytest.mark.parametrize("dialect", ["framed-binary", "framed-compact", "unframed-binary"])
 def test_replies_carry_the_bare_method_name(server, dialect):
     # Apache's TMultiplexedProcessor answers "getStatus", not "Base:getStatus"; Go's and

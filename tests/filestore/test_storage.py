@@ -117,3 +117,97 @@ def test_a_keep_alive_connection_closed_by_the_server_is_replaced(
 
     wait_for(closed_by_nginx, 30, what="nginx closing the idle connection")
     assert client.get(url) == b"keep-alive"
+
+
+class HalfNode:
+    """A storage node that answers every GET with the right head and then only the first
+    `fraction` of the body it promised, then closes: a node failing mid-body."""
+
+    def __init__(self, data: bytes, fraction: float = 0.3) -> None:
+        from gevent.server import StreamServer
+
+        self.data = data
+        self.fraction = fraction
+        self.requests = 0
+        self.server = StreamServer(("127.0.0.1", 0), self._serve)
+        self.server.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/dev9/0/000/000/0000000042.fid"
+
+    def _serve(self, sock: object, _addr: object) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)  # type: ignore[attr-defined]
+            if not chunk:
+                return
+            head += chunk
+        self.requests += 1
+        first, last = 0, len(self.data) - 1
+        status = b"200 OK"
+        for line in head.decode().split("\r\n"):
+            if line.lower().startswith("range: bytes="):
+                a, _, b = line.split("=", 1)[1].partition("-")
+                first, last, status = int(a), int(b or last), b"206 Partial Content"
+        body = self.data[first : last + 1]
+        sock.sendall(  # type: ignore[attr-defined]
+            b"HTTP/1.1 " + status + b"\r\nContent-Length: " + str(len(body)).encode()
+            + (f"\r\nContent-Range: bytes {first}-{last}/{len(self.data)}".encode()
+               if status.startswith(b"206") else b"")
+            + b"\r\n\r\n" + body[: int(len(body) * self.fraction)])
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def _free_slots(client: StorageClient) -> bool:
+    return all(s.counter == client.max_connections for s in client._slots.values())
+
+
+def test_a_large_read_is_streamed_and_finished_by_another_copy(nginx: str,
+                                                               client: StorageClient) -> None:
+    from services.filestore.storage import StoredBody
+
+    data = os.urandom(3 << 20)
+    good = f"{nginx}/dev1/0/000/000/0000000042.fid"
+    client.put(good, data)
+    half = HalfNode(data)
+    try:
+        body = client.read([half.url, good], stream_min=65536)
+        assert isinstance(body, StoredBody) and len(body) == len(data)
+        assert body.read_all() == data
+        assert half.requests == 1  # the first copy did start the body
+        # A range, failing midway on the first copy as well.
+        body = client.read([half.url, good], 1000, 2_000_000, stream_min=65536)
+        assert isinstance(body, StoredBody) and body.read_all() == data[1000:2_001_000]
+        # Small copies are read whole, as before.
+        assert client.read([good], 0, 1000, stream_min=65536) == data[:1000]
+        assert _free_slots(client)
+    finally:
+        half.stop()
+
+
+def test_a_streamed_read_no_copy_can_finish_is_a_502(nginx: str,
+                                                     client: StorageClient) -> None:
+    from services.filestore.storage import StoredBody
+
+    data = os.urandom(1 << 20)
+    first, second = HalfNode(data), HalfNode(data, 0.6)
+    try:
+        body = client.read([first.url, second.url], stream_min=65536)
+        assert isinstance(body, StoredBody)
+        got = 0
+        with pytest.raises(ServiceError) as e:
+            for chunk in body.chunks():
+                got += len(chunk)
+        assert e.value.code == 502
+        # The second copy was asked for the rest, from where the first stopped.
+        from_first = int(len(data) * 0.3)
+        assert got == from_first + int((len(data) - from_first) * 0.6)
+        assert second.requests == 1
+        body.close()
+        assert _free_slots(client)
+    finally:
+        first.stop()
+        second.stop()
