@@ -617,8 +617,9 @@ class Gateway:
             park.get()
         finally:
             conn.pump, conn.buf, conn.paused = None, None, False
+            # Stopped, not closed: this may run inside the watcher's own callback (which
+            # handed the connection back), and the watcher goes with its closures.
             watcher.stop()
-            watcher.close()
 
     @staticmethod
     def _settle(conn: _Conn) -> None:
