@@ -582,7 +582,8 @@ class Gateway:
                         conn.deliver(wire.frame(message))
                     else:
                         conn.settled()
-                if conn.paused and len(buf) < RECV_BYTES:
+                if conn.paused and (not conn.busy or len(buf) < RECV_BYTES):
+                    # Caught up, or the next request is not whole yet: read again.
                     conn.paused = False
                     watcher.start(readable)
             except Exception as e:

@@ -263,6 +263,26 @@ def test_a_caller_pipelining_far_ahead_is_answered_in_order(gateway, upstreams):
         sender.get(timeout=10)
 
 
+def test_a_large_request_pipelined_behind_a_slow_one_is_read_whole(gateway, testapps):
+    # While the first call runs the gateway reads ahead, then stops, with the second request
+    # (larger than what it reads ahead) still incomplete; once the first is answered it must
+    # read the rest of the second instead of waiting for it.
+    app, = testapps(1)
+    gw = gateway(upstreams={"Cache": [app.address]})
+    host, port = gw.address
+    big = "big-" + "x" * 300_000
+    with socket.create_connection((host, port)) as sock:
+        sock.settimeout(20)
+        sock.sendall(_get_request("sleep:1", seqid=1) + _get_request(big, seqid=2)[:200_000])
+        wait_for(lambda: any(c.paused for c in gw.connections), 0.9,
+                 what="the gateway to stop reading ahead while the first call runs")
+        sock.sendall(_get_request(big, seqid=2)[200_000:])
+        result = _result(_read_frame(sock))
+        assert (result.seqid, result.success.value) == (1, b"sleep:1")
+        result = _result(_read_frame(sock))
+        assert (result.seqid, result.success.value) == (2, big.encode())
+
+
 def test_frames_that_need_translating_between_passed_through_ones(gateway, upstreams):
     # Binary frames are relayed from the event loop; a compact or an oversized frame in
     # between is served by the connection's greenlet, then relaying resumes, in order.
