@@ -283,12 +283,17 @@ class _Connection:
     def _write_rest(self, pieces: list) -> None:
         try:
             while pieces:
+                # Small pieces go out together with a body's first and last chunks: one
+                # write (and one wake-up of the caller) instead of one per piece.
+                batch: list = []
                 for i, piece in enumerate(pieces):
                     if isinstance(piece, StreamedBody):
                         pieces[i] = b""  # taken: `_send_body` closes it
-                        self._send_body(piece)
-                    else:
-                        self.sock.sendall(piece)
+                        batch = self._send_body(piece, batch)
+                    elif piece:
+                        batch.append(piece)
+                if batch:
+                    sockets.send_pieces(self.sock, self.raw, batch)
                 pieces, self.outbox, self.streams = self.outbox, [], False
         except OSError:
             pass  # the caller is gone
@@ -306,11 +311,19 @@ class _Connection:
             if self.settled is not None:
                 self.settled.set()
 
-    def _send_body(self, body: StreamedBody) -> None:
+    def _send_body(self, body: StreamedBody, batch: list) -> list:
+        """Sends `batch` with the body's first chunk, then the chunks as they arrive; returns
+        the last chunk unsent, to go out with whatever follows the body."""
         try:
+            left = len(body)
             for chunk in body.chunks():
-                self.sock.sendall(chunk)
-                self.last_active = time.monotonic()
+                batch.append(chunk)
+                left -= len(chunk)
+                if left > 0:
+                    sockets.send_pieces(self.sock, self.raw, batch)
+                    batch = []
+                    self.last_active = time.monotonic()
+            return batch
         finally:
             body.close()
 
