@@ -10,6 +10,7 @@ Example::
     default_deadline_ms = 5000
     deadlines_ms = { "Cache" = 1000, "Cache.get" = 200 }
     idempotent = ["*.getStatus", "Cache.get"]      # replaces DEFAULT_IDEMPOTENT
+    sticky = ["Filestore.append_chunk"]            # replaces DEFAULT_STICKY
 
     [gateway.upstreams]
     Cache = ["127.0.0.1:9101", "127.0.0.1:9102"]
@@ -89,6 +90,13 @@ DEFAULT_IDEMPOTENT = (
     "Filestore.info", "Filestore.list_keys", "Filestore.domains",
     "Jobs.status", "Jobs.status_by_unique", "Jobs.fetch_result", "Jobs.functions",
     "Jobs.workers",
+)
+#: Methods whose calls must reach the instance holding their state: an upload session lives
+#: in the filestore instance that began it. Each caller connection sticks to one instance
+#: per service for these (see `Gateway._sticky_pick`), unless the config lists its own.
+DEFAULT_STICKY = (
+    "Filestore.begin_upload", "Filestore.append_chunk", "Filestore.finish_upload",
+    "Filestore.abort_upload",
 )
 #: Methods denied unless an access rule names them (or "admin") in `allow`.
 DEFAULT_ADMIN_METHODS = (
@@ -171,6 +179,8 @@ class GatewayConfig:
     deadlines_ms: dict[str, int] = field(default_factory=dict)
     #: Methods safe to send twice; setting it replaces DEFAULT_IDEMPOTENT.
     idempotent: list[str] = field(default_factory=lambda: list(DEFAULT_IDEMPOTENT))
+    #: Methods a caller connection sends to one instance; setting it replaces DEFAULT_STICKY.
+    sticky: list[str] = field(default_factory=lambda: list(DEFAULT_STICKY))
     admin_methods: list[str] = field(default_factory=lambda: list(DEFAULT_ADMIN_METHODS))
     #: "Service.method" always treated as oneway (for callers that send oneway calls as CALL).
     oneway: list[str] = field(default_factory=list)
@@ -219,7 +229,7 @@ class GatewayConfig:
         for key, ms in self.deadlines_ms.items():
             if ms <= 0 or ms > MAX_DEADLINE_MS:
                 raise ValueError(f"deadlines_ms.{key}: want 1..{MAX_DEADLINE_MS} ms")
-        for name in ("idempotent", "admin_methods", "oneway"):
+        for name in ("idempotent", "sticky", "admin_methods", "oneway"):
             for p in getattr(self, name):
                 if "." not in p:
                     raise ValueError(f"{name}: {p!r} is not Service.method")

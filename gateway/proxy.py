@@ -160,7 +160,7 @@ class _Conn:
     """One caller connection: who it is, and its call in flight."""
 
     __slots__ = ("caller", "busy", "greenlet", "last_active", "state", "sock", "raw",
-                 "waiter", "writer", "pump", "buf", "paused")
+                 "waiter", "writer", "pump", "buf", "paused", "pins")
 
     def __init__(self, caller: Caller) -> None:
         self.caller = caller
@@ -180,6 +180,8 @@ class _Conn:
         self.pump: Any = None
         self.buf: bytearray | None = None
         self.paused = False
+        # Service -> the instance this connection's sticky calls go to (`_sticky_pick`).
+        self.pins: dict[str, upstream.Instance] | None = None
 
     def settled(self) -> None:
         """The call in flight is answered: the connection may read its next request."""
@@ -225,19 +227,20 @@ class _Route:
     """What the config says of calls with one message name (memoized per name until the next
     reload), and the message-header bytes the gateway writes for them."""
 
-    __slots__ = ("service", "method", "labels", "cluster", "oneway", "idempotent", "budget_s",
-                 "limited", "allowed", "plain", "upstream_name", "call_prefix",
+    __slots__ = ("service", "method", "labels", "cluster", "oneway", "idempotent", "sticky",
+                 "budget_s", "limited", "allowed", "plain", "upstream_name", "call_prefix",
                  "reply_prefixes")
 
     def __init__(self, service: str, method: str, cluster: upstream.Cluster | None,
-                 oneway: bool, idempotent: bool, budget_s: float, limited: bool,
-                 allowed: bool | None) -> None:
+                 oneway: bool, idempotent: bool, sticky: bool, budget_s: float,
+                 limited: bool, allowed: bool | None) -> None:
         self.service = service
         self.method = method
         self.labels = (service, method)
         self.cluster = cluster  # None: the gateway's own Base service, or unknown
         self.oneway = oneway  # declared oneway in the config
         self.idempotent = idempotent
+        self.sticky = sticky  # goes to the instance the caller's connection sticks to
         self.budget_s = budget_s
         self.limited = limited  # the service has rate limits
         self.allowed = allowed  # the access rules' answer for every caller (None: it depends)
@@ -359,6 +362,7 @@ class Gateway:
         self.access = AccessPolicy(config)
         self.retry_budget = RetryBudget(config.retry_budget_ratio, config.retry_min_per_s)
         self.idempotent = frozenset(config.idempotent)
+        self.sticky = frozenset(config.sticky)
         self.oneway = frozenset(config.oneway)
         self._deadlines: dict[tuple[str, str], float] = {}
         self._policy: dict[tuple[str, str], bool] = {}
@@ -733,6 +737,7 @@ class Gateway:
         route = _Route(service, method, self.clusters.get(service),
                        bool(self.oneway) and f"{service}.{method}" in self.oneway,
                        self._is_idempotent(service, method),
+                       matches(self.sticky, service, method),
                        self._deadline_s(service, method, None),
                        service in self.config.rate_limits,
                        self.access.for_everyone(service, method))
@@ -841,7 +846,8 @@ class Gateway:
         while not call.done:
             route = call.route
             assert route.cluster is not None
-            inst = route.cluster.pick(call.tried or ())
+            inst = (self._sticky_pick(call) if route.sticky
+                    else route.cluster.pick(call.tried or ()))
             if inst is None:
                 if call.err is None:
                     self.metrics.incr("gateway_no_healthy_instance")
@@ -870,6 +876,28 @@ class Gateway:
                 call.link.abandon(call)
                 inst.done(call)
             return
+
+    def _sticky_pick(self, call: _Call) -> upstream.Instance | None:
+        """The instance for a sticky call: the one its connection's earlier sticky calls to
+        the service went to, while that one is still configured, not ejected and has not
+        just failed this call; otherwise the least loaded, which the connection then sticks
+        to. State held by an instance that is gone is lost with it: the new instance
+        answers for itself (an upload it never began is a 404)."""
+        route, conn = call.route, call.conn
+        cluster = route.cluster
+        assert cluster is not None
+        pins = conn.pins
+        inst = pins.get(route.service) if pins is not None else None
+        if (inst is not None and inst in cluster.instances and not call.tried
+                and inst.ejected_until <= time.monotonic()):
+            # Draining too: it may still finish what it holds.
+            return inst
+        inst = cluster.pick(call.tried or ())
+        if inst is not None:
+            if pins is None:
+                pins = conn.pins = {}
+            pins[route.service] = inst
+        return inst
 
     def _retry(self, call: _Call, inst: upstream.Instance, err: ServiceError,
                safe: bool) -> bool:

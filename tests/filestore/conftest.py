@@ -80,6 +80,7 @@ class Store:
     handler: FilestoreHandler
     host: str
     port: int
+    proc: Any = None  # the in-process server (`proc.stop()` ends it)
 
     def client(self, timeout_s: float = 120.0) -> contextlib.AbstractContextManager[Any]:
         return connect(self.host, self.port, "Filestore", timeout_s)
@@ -98,7 +99,7 @@ def filestore(serve: Callable[..., Any]) -> Iterator[Callable[..., Store]]:
                       service.ORIGIN, dict(service.DEADLINES_MS), service.IDEMPOTENT)
         proc = serve([mount])
         host, port = proc.server.address
-        return Store(handler, host, port)
+        return Store(handler, host, port, proc)
 
     yield start
     for handler in handlers:
