@@ -879,18 +879,17 @@ class Gateway:
 
     def _sticky_pick(self, call: _Call) -> upstream.Instance | None:
         """The instance for a sticky call: the one its connection's earlier sticky calls to
-        the service went to, while that one is still configured, not ejected and has not
-        just failed this call; otherwise the least loaded, which the connection then sticks
-        to. State held by an instance that is gone is lost with it: the new instance
-        answers for itself (an upload it never began is a 404)."""
+        the service went to, while that one is still configured, eligible (not ejected, not
+        draining) and has not just failed this call; otherwise the least loaded, which the
+        connection then sticks to. State held by an instance that is gone or going is lost
+        with it: the new instance answers for itself (an upload it never began is a 404)."""
         route, conn = call.route, call.conn
         cluster = route.cluster
         assert cluster is not None
         pins = conn.pins
         inst = pins.get(route.service) if pins is not None else None
-        if (inst is not None and inst in cluster.instances and not call.tried
-                and inst.ejected_until <= time.monotonic()):
-            # Draining too: it may still finish what it holds.
+        if (inst is not None and not call.tried and inst.eligible(time.monotonic())
+                and inst in cluster.instances):
             return inst
         inst = cluster.pick(call.tried or ())
         if inst is not None:
