@@ -162,3 +162,30 @@ def test_a_drain_answers_a_call_still_waiting_for_its_upstream_connection(gatewa
     drained = gevent.spawn(gw.drain, 5.0)
     assert caller.get(timeout=10) == b"during-drain"
     assert drained.get(timeout=10) is True
+
+
+def test_sticky_calls_keep_to_one_instance_and_leave_it_when_it_drains(gateway, testapps):
+    a, b = testapps(2)
+    gw = gateway(upstreams={"Cache": [a.address, b.address]}, sticky=["Cache.get"])
+    host, port = gw.address
+    pids = {str(app.proc.pid).encode(): app for app in (a, b) if app.proc}
+    with client(host, port, "framed-binary", "Cache") as c:
+        seen = {bytes(c.get("pid", None).value) for _ in range(30)}
+        # Balanced, 30 calls would all go to one of two idle instances once in 2^29 runs.
+        assert len(seen) == 1
+        pinned = pids[seen.pop()]
+        other = b if pinned is a else a
+        # A call the pinned instance holds keeps it draining (not yet gone) while the
+        # gateway's health checks, every 200 ms, notice; its request is written before the
+        # probe's, so it is read before the probe is answered.
+        with client("127.0.0.1", pinned.port, "framed-binary", "Cache") as holder:
+            holder.send_get("sleep:0.9", None)  # within the testapp's 1 s deadline
+            assert _pid("127.0.0.1", pinned.port) == pinned.proc.pid
+            pinned.proc.send_signal(signal.SIGTERM)
+            inst = {i.address: i for i in gw.clusters["Cache"].instances}[pinned.address]
+            # The drain closes the health check's connection and refuses a new one, or
+            # answers STOPPING on it: either way the instance takes no new calls.
+            wait_for(lambda: not inst.eligible(time.monotonic()), 10,
+                     what="the gateway to see the drain")
+            assert bytes(c.get("pid", None).value) == str(other.proc.pid).encode()
+            assert holder.recv_get().value == b"sleep:0.9"  # the drain let it finish
