@@ -39,6 +39,7 @@ from typing import Protocol
 
 import gevent
 import gevent.event
+import gevent.socket
 from gevent.server import StreamServer
 from thrift.protocol.TProtocol import TProtocolException
 from thrift.Thrift import TApplicationException, TMessageType
@@ -84,6 +85,10 @@ RECV_BYTES = 64 * 1024
 GATHER_BYTES = 64 * 1024
 # A reply with a streamed body is never joined (a body is not bytes).
 assert GATHER_BYTES <= MIN_STREAMED_BYTES
+#: A streamed body holds its source (a storage node's connection, one of a bounded few) only
+#: while the caller keeps up: a caller that has not taken a chunk within this many seconds
+#: gets the rest read whole first, the source freed, and then sent at the caller's pace.
+SLOW_CALLER_S = 1.0
 
 _I32 = struct.Struct(">i")
 
@@ -313,19 +318,49 @@ class _Connection:
 
     def _send_body(self, body: StreamedBody, batch: list) -> list:
         """Sends `batch` with the body's first chunk, then the chunks as they arrive; returns
-        the last chunk unsent, to go out with whatever follows the body."""
+        the last chunk unsent, to go out with whatever follows the body. When the caller
+        falls behind (`SLOW_CALLER_S`), returns the rest of the body instead, read whole."""
         try:
             left = len(body)
-            for chunk in body.chunks():
+            chunks = iter(body.chunks())
+            for chunk in chunks:
                 batch.append(chunk)
                 left -= len(chunk)
                 if left > 0:
-                    sockets.send_pieces(self.sock, self.raw, batch)
-                    batch = []
+                    batch = self._send_within(batch, SLOW_CALLER_S)
+                    if batch:
+                        # Read the rest at the source's pace, so it is freed (`finally`).
+                        batch.extend(chunks)
+                        return batch
                     self.last_active = time.monotonic()
             return batch
         finally:
             body.close()
+
+    def _send_within(self, pieces: list, timeout_s: float) -> list:
+        """Sends `pieces` in order; returns what the caller had not taken `timeout_s` after
+        the start (nothing when all went)."""
+        raw = self.raw
+        assert raw is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                sent = raw.sendmsg(pieces[:64])
+            except BlockingIOError:
+                sent = 0
+            while pieces and sent >= len(pieces[0]):
+                sent -= len(pieces.pop(0))
+            if not pieces:
+                return pieces
+            if sent:
+                pieces[0] = memoryview(pieces[0])[sent:]
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                return pieces
+            try:
+                gevent.socket.wait_write(raw.fileno(), timeout=wait)
+            except TimeoutError:
+                return pieces
 
 
 class ThriftServer:
