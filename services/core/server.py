@@ -39,7 +39,6 @@ from typing import Protocol
 
 import gevent
 import gevent.event
-import gevent.socket
 from gevent.server import StreamServer
 from thrift.protocol.TProtocol import TProtocolException
 from thrift.Thrift import TApplicationException, TMessageType
@@ -327,7 +326,7 @@ class _Connection:
                 batch.append(chunk)
                 left -= len(chunk)
                 if left > 0:
-                    batch = self._send_within(batch, SLOW_CALLER_S)
+                    batch = sockets.send_pieces_within(self.raw, batch, SLOW_CALLER_S)
                     if batch:
                         # Read the rest at the source's pace, so it is freed (`finally`).
                         batch.extend(chunks)
@@ -336,31 +335,6 @@ class _Connection:
             return batch
         finally:
             body.close()
-
-    def _send_within(self, pieces: list, timeout_s: float) -> list:
-        """Sends `pieces` in order; returns what the caller had not taken `timeout_s` after
-        the start (nothing when all went)."""
-        raw = self.raw
-        assert raw is not None
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                sent = raw.sendmsg(pieces[:64])
-            except BlockingIOError:
-                sent = 0
-            while pieces and sent >= len(pieces[0]):
-                sent -= len(pieces.pop(0))
-            if not pieces:
-                return pieces
-            if sent:
-                pieces[0] = memoryview(pieces[0])[sent:]
-            wait = deadline - time.monotonic()
-            if wait <= 0:
-                return pieces
-            try:
-                gevent.socket.wait_write(raw.fileno(), timeout=wait)
-            except TimeoutError:
-                return pieces
 
 
 class ThriftServer:

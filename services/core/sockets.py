@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import _socket
 import socket
+import time
 from typing import Any
+
+import gevent.socket
 
 
 def raw_of(sock: Any) -> socket.socket | None:
@@ -75,3 +78,29 @@ def send_pieces(sock: Any, raw: socket.socket | None, pieces: list[bytes]) -> No
             continue
         sock.sendall(memoryview(piece)[sent:])
         sent = 0
+
+
+def send_pieces_within(raw: socket.socket | None, pieces: list, timeout_s: float) -> list:
+    """Sends the pieces in order, as `send_pieces` does, but waits for room at most until
+    `timeout_s` after the start; returns what the peer had not taken by then (nothing when
+    all went)."""
+    assert raw is not None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            sent = raw.sendmsg(pieces[:64])
+        except BlockingIOError:
+            sent = 0
+        while pieces and sent >= len(pieces[0]):
+            sent -= len(pieces.pop(0))
+        if not pieces:
+            return pieces
+        if sent:
+            pieces[0] = memoryview(pieces[0])[sent:]
+        wait = deadline - time.monotonic()
+        if wait <= 0:
+            return pieces
+        try:
+            gevent.socket.wait_write(raw.fileno(), timeout=wait)
+        except TimeoutError:
+            return pieces
