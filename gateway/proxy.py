@@ -49,7 +49,7 @@ from gevent.server import StreamServer
 from thrift.protocol.TBinaryProtocol import TBinaryProtocol
 from thrift.protocol.TProtocol import TProtocolException
 from thrift.Thrift import TApplicationException, TMessageType
-from thrift.transport.TTransport import TMemoryBuffer, TTransportBase, TTransportException
+from thrift.transport.TTransport import TMemoryBuffer, TTransportException
 
 import glammp.base.Base
 from gateway import upstream, wire
@@ -57,6 +57,7 @@ from gateway.access import AccessPolicy, Caller
 from gateway.backends import BackendWatch
 from gateway.config import MAX_DEADLINE_MS, GatewayConfig, matches
 from gateway.limits import RateLimiter, RetryBudget
+from gateway.stream import RECV_BYTES, Closed, Stream
 from glammp.base.ttypes import Status
 from glammp.common.ttypes import ServiceError
 from services.core import errors, framing, sockets
@@ -71,8 +72,6 @@ access_log = logging.getLogger("gateway.access")
 
 ORIGIN = "gateway"
 CALL = TMessageType.CALL
-#: Bytes read from a caller socket at once.
-RECV_BYTES = 64 * 1024
 #: Bytes of an oversized frame kept to read its message header for the 413.
 OVERSIZED_HEAD_BYTES = 4096
 #: How often calls are checked for a passed deadline, in seconds (a 504 is at most this late).
@@ -94,66 +93,6 @@ _MALFORMED = (wire.WireError, TProtocolException, TTransportException, framing.F
 #: The start of a result struct whose field 1 is a struct (ServiceError) whose field 1 is an
 #: i32 (its code).
 _ERROR_FIELD = b"\x0c\x00\x01\x08\x00\x01"
-
-
-class _Closed(Exception):
-    """The caller closed its connection."""
-
-
-class _Stream(TTransportBase):
-    """Buffered reads from a caller socket (plain or TLS); also a Thrift transport for
-    decoding unframed messages, counting bytes so one message cannot exceed `limit`."""
-
-    def __init__(self, sock: Any, raw: socket.socket | None, conn: _Conn, limit: int) -> None:
-        self.sock = sock
-        # The OS socket for the fast path; None for TLS, whose bytes must go through it.
-        self.raw = raw
-        self.conn = conn
-        self.buf = bytearray()
-        self.limit = limit
-        self.counted = 0
-
-    def fill(self) -> None:
-        raw = self.raw
-        if raw is not None:
-            # `sockets.recv`, inlined: it runs once per relayed call.
-            self.sock._wait(self.sock._read_event)
-            try:
-                data = raw.recv(RECV_BYTES)
-            except BlockingIOError:
-                data = self.sock.recv(RECV_BYTES)
-        else:
-            data = self.sock.recv(RECV_BYTES)
-        if not data:
-            raise _Closed()
-        self.buf += data
-        self.conn.last_active = time.monotonic()
-
-    def read_exact(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            self.fill()
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
-
-    def discard(self, n: int) -> None:
-        while n > 0:
-            if not self.buf:
-                self.fill()
-            k = min(n, len(self.buf))
-            del self.buf[:k]
-            n -= k
-
-    # TTransportBase, for the unframed decoder
-    def read(self, sz: int) -> bytes:
-        if not self.buf:
-            self.fill()
-        out = bytes(self.buf[:sz])
-        del self.buf[:sz]
-        self.counted += len(out)
-        if self.counted > self.limit:
-            raise framing.FramingError(f"unframed message over {self.limit} bytes")
-        return out
 
 
 class _Conn:
@@ -423,17 +362,17 @@ class Gateway:
                 stream_sock = self._handshake(sock, conn)
                 raw = None
             conn.sock, conn.raw = stream_sock, raw
-            stream = _Stream(stream_sock, raw, conn, self.config.max_frame_bytes)
+            stream = Stream(stream_sock, raw, conn, self.config.max_frame_bytes)
             stream.fill()
             if framing.is_unframed(stream.buf[0]):
                 self._serve_unframed(stream, conn, stream.buf[0])
             else:
                 self._serve_framed(stream, conn)
-        except _Closed:
+        except Closed:
             pass
-        except (framing.FramingError, wire.WireError, ssl.SSLError) as e:
+        except (framing.FramingError, wire.WireError, ssl.SSLError) as bad:
             self.metrics.incr("connections_refused")
-            log.info("closing %s: %s", addr[0], e)
+            log.info("closing %s: %s", addr[0], bad)
         except (OSError, TTransportException, EOFError) as e:
             if getattr(e, "errno", None) not in (None, errno.ECONNRESET, errno.EPIPE):
                 log.info("connection %s ended: %s", addr[0], e)
@@ -469,7 +408,7 @@ class Gateway:
                     conn.caller = Caller(conn.caller.ip, str(value))
         return tls_sock
 
-    def _serve_framed(self, stream: _Stream, conn: _Conn) -> None:
+    def _serve_framed(self, stream: Stream, conn: _Conn) -> None:
         max_frame = self.config.max_frame_bytes
         sock = stream.sock
         buf = stream.buf
@@ -517,14 +456,14 @@ class Gateway:
         # closes (it may have been waiting for an upstream connection when the drain began).
         self._settle(conn)
 
-    def _relay(self, stream: _Stream, conn: _Conn) -> None:
+    def _relay(self, stream: Stream, conn: _Conn) -> None:
         """Serves a plain-socket framed binary caller from callbacks of the event loop, while
         the connection's greenlet waits: its requests are read, routed and sent upstream as
         they arrive, without waking the greenlet (a greenlet switch per call costs more than
         the rest of a small call's relay). Requests are still served one at a time, in order.
 
         Returns when the frame at the head of the buffer needs the greenlet (not binary,
-        over the size limit, or a bad frame header) or the gateway drains; raises _Closed
+        over the size limit, or a bad frame header) or the gateway drains; raises Closed
         when the caller closes, or the socket's error."""
         loop = get_hub().loop
         raw = stream.raw
@@ -578,8 +517,8 @@ class Gateway:
                         try:
                             message = route(wire.parse_binary(payload), payload, conn, None,
                                             True)
-                        except wire.WireError as e:
-                            message = self._malformed(wire.BINARY_FIRST, payload, e)
+                        except wire.WireError as bad:
+                            message = self._malformed(wire.BINARY_FIRST, payload, bad)
                     if message is _ASYNC:
                         continue  # answered by whoever ends the call (`_Conn.deliver`)
                     if message:
@@ -603,7 +542,7 @@ class Gateway:
                 hand_back(e)
                 return
             if not data:
-                hand_back(_Closed())
+                hand_back(Closed())
                 return
             buf.extend(data)
             conn.last_active = monotonic()
@@ -635,7 +574,7 @@ class Gateway:
             finally:
                 conn.waiter = None
 
-    def _oversized(self, stream: _Stream, size: int) -> bytes:
+    def _oversized(self, stream: Stream, size: int) -> bytes:
         """413 for a frame over the limit: its head is kept for the message header, the
         rest is read and dropped, so the connection stays usable."""
         self.metrics.incr("frames_refused")
@@ -675,8 +614,8 @@ class Gateway:
         if first == wire.BINARY_FIRST:
             try:
                 h = wire.parse_binary(payload)
-            except wire.WireError as e:
-                return self._malformed(first, payload, e)
+            except wire.WireError as bad:
+                return self._malformed(first, payload, bad)
             return self._route(h, payload, conn, headers)
         if first != wire.COMPACT_FIRST:
             raise framing.FramingError(f"not a Thrift message (first byte 0x{first:02x})")
@@ -700,7 +639,7 @@ class Gateway:
         return wire.application_error(first, name, seqid, TApplicationException.PROTOCOL_ERROR,
                                       f"malformed message: {error}")
 
-    def _serve_unframed(self, stream: _Stream, conn: _Conn, first: int) -> None:
+    def _serve_unframed(self, stream: Stream, conn: _Conn, first: int) -> None:
         iprot = wire.protocol(first, stream, self.limits)
         sock = stream.sock
         while not self.draining:
@@ -713,7 +652,7 @@ class Gateway:
                 wire.copy_message(iprot, TBinaryProtocol(otrans))
                 binary = otrans.getvalue()
                 h = wire.parse_binary(binary)
-            except _Closed:
+            except Closed:
                 raise
             except _MALFORMED as e:
                 self.metrics.incr("malformed_messages")

@@ -260,8 +260,8 @@ class Link:
             data: bytes | bytearray = self.raw.recv(RECV_BYTES)
         except BlockingIOError:
             return
-        except OSError as e:
-            self.close(str(e))
+        except OSError as err:
+            self.close(str(err))
             return
         if not data:
             self.close("closed by upstream")
