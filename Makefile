@@ -13,12 +13,12 @@ DEB_TEST := php-cli php-thrift php-memcached php-gearman default-jdk-headless li
             ruby ruby-thrift libthrift-perl libclass-accessor-perl libbit-vector-perl \
             libio-socket-ssl-perl chromium
 
-.PHONY: run test deps deps-test venv gen gen-check lint bench soak clean
+.PHONY: run test deps deps-test venv compiled gen gen-check lint bench soak clean
 
-run: deps venv
+run: deps venv compiled
 	$(BIN)/glammp serve $(if $(CONFIG),--config $(CONFIG))
 
-test: deps deps-test venv
+test: deps deps-test venv compiled
 	$(BIN)/python -m tests $(PYTEST_ARGS)
 
 # Installs the Debian packages that are missing (as root), or names them (otherwise).
@@ -34,6 +34,14 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+# The gateway's relay path in C (mypyc), rebuilt whenever one of its sources changes.
+GATEWAY_NATIVE := gateway/wire.py gateway/upstream.py gateway/proxy.py
+compiled: build/.gateway-compiled
+
+build/.gateway-compiled: $(VENV)/.installed scripts/compile_gateway.py $(GATEWAY_NATIVE)
+	$(BIN)/python scripts/compile_gateway.py
 	@touch $@
 
 gen:
@@ -52,15 +60,15 @@ lint: venv
 	$(BIN)/ruff check services gateway tests bench
 	$(BIN)/mypy services gateway
 
-bench: deps deps-test venv
+bench: deps deps-test venv compiled
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The whole split deployment under load and faults (default 10 minutes; report in build/soak/).
-soak: deps deps-test venv
+soak: deps deps-test venv compiled
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) build .mypy_cache .ruff_cache
+	rm -rf $(VENV) build .mypy_cache .ruff_cache gateway/*.so
 
 # Stubs for other languages and their examples (examples/Makefile; not checked in: build/stubs/).
 .PHONY: stubs stubs-check examples-test

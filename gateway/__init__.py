@@ -6,9 +6,31 @@ forwarding), `upstream` (instance pools, health, balancing), `wire` (message hea
 generic translation, synthesized errors), `access` (rules), `limits` (rate limits, retry
 budget), `backends` (backends' state for the status page), `admin` and `status_page` (the
 admin HTTP port), `sockets` (I/O fast paths), `process` and `cli` (`glammp gateway`).
+
+`wire`, `upstream` and `proxy` are compiled to C by mypyc when built
+(`scripts/compile_gateway.py`, run by `make`); Python imports a compiled module before its
+source, so one older than its source is refused here rather than run stale.
 """
 
-from gateway.config import GatewayConfig
-from gateway.proxy import Gateway
+
+def _refuse_stale_builds() -> None:
+    import os
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    here = os.path.dirname(__file__)
+    for name in ("wire", "upstream", "proxy"):
+        source = os.path.getmtime(os.path.join(here, name + ".py"))
+        for suffix in EXTENSION_SUFFIXES:
+            built = os.path.join(here, name + suffix)
+            if os.path.exists(built) and os.path.getmtime(built) < source:
+                raise ImportError(
+                    f"gateway/{name}.py changed after it was compiled: run `make compiled`, "
+                    "or `python scripts/compile_gateway.py --clean` to run it as Python")
+
+
+_refuse_stale_builds()
+
+from gateway.config import GatewayConfig  # noqa: E402
+from gateway.proxy import Gateway  # noqa: E402
 
 __all__ = ["Gateway", "GatewayConfig"]
