@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 THRIFT ?= thrift
 IDL := $(wildcard idl/*.thrift)
 
-# Debian packages glammp runs against (backends, compiler) and tests with (PHP, Java peers).
-DEB_RUN := memcached gearman-job-server gearman-tools thrift-compiler sqlite3
+# Debian packages glammp runs against (backends, Thrift compiler, C compiler and Python headers
+# for the compiled gateway) and tests with (PHP, Java peers).
+DEB_RUN := memcached gearman-job-server gearman-tools thrift-compiler sqlite3 gcc python3-dev
 DEB_TEST := php-cli php-thrift php-memcached php-gearman default-jdk-headless libthrift-java \
             libslf4j-java nginx-light postgresql openssl nodejs golang-go golang-thrift-dev \
             ruby ruby-thrift libthrift-perl libclass-accessor-perl libbit-vector-perl \
