@@ -2,7 +2,8 @@
 
 Kept out of the modules mypyc compiles (scripts/compile_gateway.py): compiled, this
 subclass of Thrift's Python transport broke its unframed decoding ("SystemError: bad
-argument to internal function"), and nothing here runs per relayed call.
+argument to internal function"), and the fastest path (framed binary callers on plain TCP,
+served from event-loop callbacks in `proxy.Gateway._relay`) does not read through it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Stream(TTransportBase):
     def fill(self) -> None:
         raw = self.raw
         if raw is not None:
-            # `sockets.recv`, inlined: it runs once per relayed call.
+            # `sockets.recv`, inlined: it runs once per call of a greenlet-served caller.
             self.sock._wait(self.sock._read_event)
             try:
                 data = raw.recv(RECV_BYTES)
