@@ -5,10 +5,11 @@
 
 The modules every relayed call runs through (`gateway.wire`, `gateway.upstream`,
 `gateway.proxy`) are type-checked Python; mypyc turns them into a C extension that runs the
-same code in about half the user-space CPU (bench/RESULTS.md, session 6). Python imports a compiled
-module before its source, so a compiled module older than its source would run stale code:
-`gateway/__init__.py` refuses that, and `make` rebuilds whenever a source changes. Without a
-C compiler the build fails and the gateway runs as plain Python, only slower.
+same code in about half the user-space CPU (bench/RESULTS.md, session 6). Python imports a
+compiled module before its source, so a compiled module older than its source would run
+stale code: `gateway/__init__.py` refuses that, and `make` rebuilds whenever a source
+changes. Without a C compiler this fails, and so do the make targets that run it; the gateway
+itself still runs as plain Python, only slower, when nothing was compiled.
 """
 
 from __future__ import annotations
