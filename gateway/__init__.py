@@ -18,14 +18,15 @@ def _refuse_stale_builds() -> None:
     from importlib.machinery import EXTENSION_SUFFIXES
 
     here = os.path.dirname(__file__)
-    for name in ("wire", "upstream", "proxy"):
-        source = os.path.getmtime(os.path.join(here, name + ".py"))
+    for built in os.listdir(here):
         for suffix in EXTENSION_SUFFIXES:
-            built = os.path.join(here, name + suffix)
-            if os.path.exists(built) and os.path.getmtime(built) < source:
+            source = os.path.join(here, built.removesuffix(suffix) + ".py")
+            if (built.endswith(suffix) and os.path.exists(source)
+                    and os.path.getmtime(os.path.join(here, built)) < os.path.getmtime(source)):
                 raise ImportError(
-                    f"gateway/{name}.py changed after it was compiled: run `make compiled`, "
-                    "or `python scripts/compile_gateway.py --clean` to run it as Python")
+                    f"gateway/{os.path.basename(source)} changed after it was compiled: run "
+                    "`make compiled`, or `python scripts/compile_gateway.py --clean` to run "
+                    "it as Python")
 
 
 _refuse_stale_builds()
